@@ -1,0 +1,5 @@
+"""GMR convolution layers and the ring basis they are built from."""
+
+from gmrseg.layers.gmr_conv import GMRConv2d, GMRConv3d
+
+__all__ = ["GMRConv2d", "GMRConv3d"]
