@@ -137,7 +137,8 @@ def _add_demo(subparsers) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("gmrseg_demo"), help="output folder (default: ./gmrseg_demo)")
     parser.add_argument("--device", default="auto", help=_DEVICE_HELP)
-    parser.add_argument("--epochs", type=int, default=None, help="override the quick config's epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="override the quick config's number of epochs")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing non-empty output folder first")
     parser.set_defaults(handler=_run_demo)
 
 
@@ -243,8 +244,16 @@ def _run_example_data(args) -> int:
 
 def _run_demo(args) -> int:
     from gmrseg.demo import run_demo
+    from gmrseg.evaluation.evaluate import format_summary
 
-    run_demo(args.out, device=args.device, epochs=args.epochs)
+    result = run_demo(args.out, device=args.device, epochs=args.epochs, overwrite=args.overwrite)
+    print(format_summary(result.report))
+    print()
+    print(f"Dataset:      {result.dataset_dir}")
+    print(f"Trained run:  {result.run_dir}")
+    print(f"Predictions:  {result.predictions_dir}")
+    print(f"Report:       {result.report_path}.json, {result.report_path}.csv")
+    print("Seconds:      " + ", ".join(f"{stage} {value:.0f}" for stage, value in result.seconds.items()))
     return 0
 
 
