@@ -111,7 +111,7 @@ def test_trailing_singleton_squeezed_with_warning(tmp_path):
 def test_4d_file_rejected_for_one_channel(tmp_path):
     path = save_nifti(tmp_path / "four_d.nii.gz", np.stack([random_volume(), random_volume(seed=1)], axis=-1))
 
-    with pytest.raises(InputError, match=r"four_d\.nii\.gz.*4D image with 2 volumes.*does not average"):
+    with pytest.raises(InputError, match=r"four_d\.nii\.gz: 4D image with 2 volumes .* where a 3D image is expected.*does not average"):
         read_image(path, num_channels=1)
 
 
@@ -130,7 +130,7 @@ def test_4d_file_in_channel_list_rejected(tmp_path):
     first = save_nifti(tmp_path / "case_0000.nii.gz", random_volume())
     second = save_nifti(tmp_path / "case_0001.nii.gz", np.stack([random_volume()] * 2, axis=-1))
 
-    with pytest.raises(InputError, match=r"case_0001\.nii\.gz: 4D file"):
+    with pytest.raises(InputError, match=r"case_0001\.nii\.gz: 4D file of shape \(12, 10, 8, 2\) where a 3D file is expected"):
         read_image([first, second])
 
 

@@ -13,16 +13,20 @@ from gmrseg.data.io import (
     write_probabilities,
     write_segmentation,
 )
+from gmrseg.data.validation import Problem, ValidationReport, validate_dataset
 
 __all__ = [
     "Case",
     "DatasetSpec",
     "ImageGeometry",
+    "Problem",
+    "ValidationReport",
     "find_input_cases",
     "load_dataset",
     "read_dicom_series",
     "read_image",
     "read_label",
+    "validate_dataset",
     "write_probabilities",
     "write_segmentation",
 ]

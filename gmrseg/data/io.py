@@ -45,8 +45,10 @@ __all__ = [
     "ImageGeometry",
     "LoadedVolume",
     "capture_warnings",
+    "check_channel_layout",
     "check_finite",
     "check_label_values",
+    "check_not_constant",
     "check_same_grid",
     "compare_grids",
     "file_ending",
@@ -489,10 +491,42 @@ def check_finite(data: np.ndarray, path: str | os.PathLike, *, nonfinite: str = 
     return np.where(finite, data, 0).astype(data.dtype, copy=False)
 
 
-def _check_not_constant(channel: np.ndarray, path: str | os.PathLike) -> None:
+def check_not_constant(channel: np.ndarray, path: str | os.PathLike) -> None:
+    """Warn, naming the file, when every voxel of ``channel`` has one value."""
     if channel.size and channel.min() == channel.max():
         _warn(f"{path}: constant image (every voxel is {float(channel.flat[0]):g}); it carries no information "
               f"and normalization leaves it at 0.")
+
+
+def check_channel_layout(volume: LoadedVolume, path: str | os.PathLike, *, num_files: int,
+                         num_channels: int | None) -> None:
+    """Check one file's dimensionality against how the case stores its channels.
+
+    Args:
+        volume: the file as returned by :func:`load_volume`.
+        path: the file, for the message.
+        num_files: number of files of the case; with more than one, each file
+            is one channel and must be 3D.
+        num_channels: channels expected for the case, or None for any.
+
+    Raises:
+        InputError: a 4D file where a 3D file is expected, or a single file
+            whose channel count differs from ``num_channels``. gmrseg never
+            averages the volumes of a 4D file or picks one of them.
+    """
+    found = volume.data.shape[3] if volume.data.ndim == 4 else 1
+    if num_files > 1 and volume.data.ndim == 4:
+        raise InputError(f"{path}: 4D file of shape {volume.data.shape} where a 3D file is expected (one file per "
+                         f"channel). Split it into 3D files, one per channel.")
+    if num_files > 1 or num_channels is None or found == num_channels:
+        return
+    if found > 1:
+        raise InputError(f"{path}: 4D image with {found} volumes (shape {volume.data.shape}) where "
+                         f"{'a 3D image' if num_channels == 1 else f'{num_channels} channels'} is expected. "
+                         f"gmrseg does not average or pick volumes; extract the volume(s) the model was trained "
+                         f"on into a 3D file.")
+    raise InputError(f"{path}: 3D image with one channel, but {num_channels} channels are expected. Pass one file "
+                     f"per channel (CASE_0000, CASE_0001, ...) or a 4D file whose last dimension holds the channels.")
 
 
 def _declared_values(label_values: Mapping[str, int] | Iterable[int] | None) -> set[int] | None:
@@ -597,14 +631,16 @@ def read_image(paths: str | os.PathLike | Sequence[str | os.PathLike], *, nonfin
     if num_channels is not None and num_channels < 1:
         raise ValueError(f"num_channels must be at least 1, got {num_channels}")
 
+    if num_channels is not None and len(paths) > 1 and len(paths) != num_channels:
+        raise InputError(f"{', '.join(str(path) for path in paths)}: {len(paths)} channel files given, "
+                         f"{num_channels} expected.")
+
     # Read every file; a list of files means one 3D file per channel.
     channels: list[np.ndarray] = []
     geometry: ImageGeometry | None = None
     for path in paths:
         volume = load_volume(path)
-        if volume.data.ndim == 4 and len(paths) > 1:
-            raise InputError(f"{path}: 4D file of shape {volume.data.shape} where a 3D channel file is expected "
-                             f"(one file per channel). Split it into 3D files or pass it alone.")
+        check_channel_layout(volume, path, num_files=len(paths), num_channels=num_channels)
         if geometry is None:
             geometry = volume.geometry
         else:
@@ -613,23 +649,13 @@ def read_image(paths: str | os.PathLike | Sequence[str | os.PathLike], *, nonfin
         for index in range(data.shape[3]):
             channels.append(data[..., index])
 
-    # Channel count: a 4D file is only accepted where several channels are expected.
-    if num_channels is not None and len(channels) != num_channels:
-        if len(paths) == 1 and len(channels) > 1:
-            raise InputError(f"{paths[0]}: 4D image with {len(channels)} volumes (shape "
-                             f"{geometry.shape + (len(channels),)}), but {num_channels} channel(s) are expected. "
-                             f"gmrseg does not average or pick volumes; extract the volume(s) the model was "
-                             f"trained on into a 3D file.")
-        raise InputError(f"{', '.join(str(path) for path in paths)}: {len(channels)} channel(s) found, "
-                         f"{num_channels} expected.")
-
     # Intensities: non-finite voxels, constant channels.
     array = np.empty((len(channels),) + tuple(geometry.shape), dtype=np.float32)
     for index, channel in enumerate(channels):
         source = paths[index] if len(paths) > 1 else paths[0]
         where = source if len(channels) == len(paths) else f"{source} (channel {index})"
         channel = check_finite(channel.astype(np.float32, copy=False), where, nonfinite=nonfinite)
-        _check_not_constant(channel, where)
+        check_not_constant(channel, where)
         array[index] = channel
 
     if len(paths) > 1:
