@@ -111,8 +111,12 @@ def test_trailing_singleton_squeezed_with_warning(tmp_path):
 def test_4d_file_rejected_for_one_channel(tmp_path):
     path = save_nifti(tmp_path / "four_d.nii.gz", np.stack([random_volume(), random_volume(seed=1)], axis=-1))
 
-    with pytest.raises(InputError, match=r"four_d\.nii\.gz: 4D image with 2 volumes .* where a 3D image is expected.*does not average"):
+    with pytest.raises(InputError, match=r"four_d\.nii\.gz: 4D image with 2 volumes .* where a 3D image is expected"):
         read_image(path, num_channels=1)
+    with pytest.raises(InputError, match=r"does not average or pick volumes.*passes num_channels"):
+        read_image(path)
+    with pytest.raises(InputError, match=r"where 3 channels are expected"):
+        read_image(path, num_channels=3)
 
 
 def test_4d_file_read_as_channels(tmp_path):

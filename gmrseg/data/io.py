@@ -507,7 +507,9 @@ def check_channel_layout(volume: LoadedVolume, path: str | os.PathLike, *, num_f
         path: the file, for the message.
         num_files: number of files of the case; with more than one, each file
             is one channel and must be 3D.
-        num_channels: channels expected for the case, or None for any.
+        num_channels: channels expected for the case. None accepts any number
+            of 3D files but treats a single 4D file as an error, because
+            multi-channel input must be requested explicitly.
 
     Raises:
         InputError: a 4D file where a 3D file is expected, or a single file
@@ -518,13 +520,14 @@ def check_channel_layout(volume: LoadedVolume, path: str | os.PathLike, *, num_f
     if num_files > 1 and volume.data.ndim == 4:
         raise InputError(f"{path}: 4D file of shape {volume.data.shape} where a 3D file is expected (one file per "
                          f"channel). Split it into 3D files, one per channel.")
-    if num_files > 1 or num_channels is None or found == num_channels:
+    if num_files > 1 or found == (num_channels or 1):
         return
     if found > 1:
-        raise InputError(f"{path}: 4D image with {found} volumes (shape {volume.data.shape}) where "
-                         f"{'a 3D image' if num_channels == 1 else f'{num_channels} channels'} is expected. "
-                         f"gmrseg does not average or pick volumes; extract the volume(s) the model was trained "
-                         f"on into a 3D file.")
+        expected = "a 3D image is" if (num_channels or 1) == 1 else f"{num_channels} channels are"
+        hint = (" A caller that expects several channels passes num_channels." if num_channels is None else "")
+        raise InputError(f"{path}: 4D image with {found} volumes (shape {volume.data.shape}) where {expected} "
+                         f"expected. gmrseg does not average or pick volumes; extract the volume(s) the model "
+                         f"was trained on into a 3D file.{hint}")
     raise InputError(f"{path}: 3D image with one channel, but {num_channels} channels are expected. Pass one file "
                      f"per channel (CASE_0000, CASE_0001, ...) or a 4D file whose last dimension holds the channels.")
 
@@ -609,9 +612,11 @@ def read_image(paths: str | os.PathLike | Sequence[str | os.PathLike], *, nonfin
             folder holding one DICOM series.
         nonfinite: "error" (default) rejects NaN/Inf voxels; "warn" replaces
             them with 0 and logs a warning naming the file and the count.
-        num_channels: expected number of channels; None accepts any. A real
-            4D file given where one channel is expected is an error: gmrseg
-            never averages volumes or picks one.
+        num_channels: expected number of channels. None accepts a list of
+            any number of 3D files but rejects a single 4D file, so a
+            multi-volume file is read as channels only when the caller asks
+            for them. A real 4D file where one channel is expected is an
+            error: gmrseg never averages volumes or picks one.
 
     Returns:
         (array, geometry): float32 array (C, X, Y, Z) with scl_slope/scl_inter
