@@ -1,0 +1,1 @@
+"""Example data shipped with gmrseg (hippocampus MRI subset; see ``hippocampus/README.md``)."""
