@@ -113,7 +113,7 @@ def test_4d_file_rejected_for_one_channel(tmp_path):
 
     with pytest.raises(InputError, match=r"four_d\.nii\.gz: 4D image with 2 volumes .* where a 3D image is expected"):
         read_image(path, num_channels=1)
-    with pytest.raises(InputError, match=r"does not average or pick volumes.*passes num_channels"):
+    with pytest.raises(InputError, match=r"does not average or pick volumes.*declares several channels"):
         read_image(path)
     with pytest.raises(InputError, match=r"where 3 channels are expected"):
         read_image(path, num_channels=3)

@@ -63,7 +63,7 @@ class DatasetSpec:
         file_ending: image file ending (".nii.gz", ".nii", ...).
         num_training: ``numTraining`` from dataset.json (None when absent).
         training: training cases (with labels).
-        test: test cases (imagesTs), with labels when labelsTs holds them.
+        test: test cases (imagesTs), with labels when labelsTs contains them.
         raw: dataset.json as parsed.
         layout: "nnunetv2" or "decathlon".
     """
@@ -114,7 +114,7 @@ def _read_dataset_json(root: Path) -> dict[str, Any]:
     if not root.exists():
         raise FileNotFoundError(f"{root}: dataset folder not found.")
     if not root.is_dir():
-        raise InputError(f"{root}: not a folder; pass the dataset folder that holds dataset.json, imagesTr/ "
+        raise InputError(f"{root}: not a folder; pass the dataset folder that contains dataset.json, imagesTr/ "
                          f"and labelsTr/.")
     path = root / "dataset.json"
     if not path.is_file():
@@ -132,8 +132,11 @@ def _read_dataset_json(root: Path) -> dict[str, Any]:
 
 
 def _parse_channel_names(raw: dict[str, Any], path: Path) -> dict[int, str]:
-    key = "channel_names" if "channel_names" in raw else "modality" if "modality" in raw else None
-    if key is None:
+    if "channel_names" in raw:
+        key = "channel_names"
+    elif "modality" in raw:
+        key = "modality"
+    else:
         raise InputError(f"{path}: missing 'channel_names' (nnU-Net v2) or 'modality' (Decathlon), "
                          f'for example "channel_names": {{"0": "MRI"}}.')
     value = raw[key]

@@ -99,8 +99,10 @@ class ImageGeometry:
         sform: 4x4 sform affine stored in the header (also when its code is 0).
         sform_code: NIfTI sform code.
         header: nibabel header of the first file (``Nifti1Header`` or
-            ``Nifti2Header``), or None for images read with SimpleITK. Writers
-            copy it so that outputs keep the NIfTI version and units.
+            ``Nifti2Header``); for images read with SimpleITK a new NIfTI-1
+            header with qform and sform code 1. Writers copy it so that
+            outputs keep the NIfTI version and units. None is allowed when an
+            ImageGeometry is built by hand; writers then start a new header.
         paths: source files (one per channel; for DICOM the folder then its files).
     """
 
@@ -199,7 +201,7 @@ def file_ending(path: str | os.PathLike) -> str:
 
 
 def is_dicom_folder(path: str | os.PathLike) -> bool:
-    """Return True when ``path`` is a folder that holds at least one DICOM series readable by SimpleITK."""
+    """Return True when ``path`` is a folder that contains at least one DICOM series readable by SimpleITK."""
     path = Path(path)
     if not path.is_dir():
         return False
@@ -524,7 +526,8 @@ def check_channel_layout(volume: LoadedVolume, path: str | os.PathLike, *, num_f
         return
     if found > 1:
         expected = "a 3D image is" if (num_channels or 1) == 1 else f"{num_channels} channels are"
-        hint = (" A caller that expects several channels passes num_channels." if num_channels is None else "")
+        hint = (" A 4D file is read as channels only where the model or dataset declares several channels."
+                if num_channels is None else "")
         raise InputError(f"{path}: 4D image with {found} volumes (shape {volume.data.shape}) where {expected} "
                          f"expected. gmrseg does not average or pick volumes; extract the volume(s) the model "
                          f"was trained on into a 3D file.{hint}")
@@ -541,7 +544,7 @@ def _declared_values(label_values: Mapping[str, int] | Iterable[int] | None) -> 
 
 def check_label_values(data: np.ndarray, path: str | os.PathLike,
                        label_values: Mapping[str, int] | Iterable[int] | None = None) -> np.ndarray:
-    """Check that a label array holds whole numbers that are all declared; return it as int16.
+    """Check that a label array contains only whole numbers that are declared; return it as int16.
 
     Floating-point labels are accepted only when every voxel is exactly an
     integer (0.0, 1.0, ...). A value such as 0.99997 (left by linear
@@ -607,7 +610,7 @@ def read_image(paths: str | os.PathLike | Sequence[str | os.PathLike], *, nonfin
     """Read one image as float32 channels ``(C, X, Y, Z)`` with every file check applied.
 
     Args:
-        paths: one file, one 4D file whose last dimension holds the channels,
+        paths: one file, one 4D file whose last dimension contains the channels,
             a list with one 3D file per channel (all on the same grid), or a
             folder holding one DICOM series.
         nonfinite: "error" (default) rejects NaN/Inf voxels; "warn" replaces
@@ -709,7 +712,7 @@ def read_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, ImageGeome
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder; pass the folder that holds one DICOM series.")
+        raise InputError(f"{folder}: not a folder; pass the folder that contains one DICOM series.")
     return read_image(folder, num_channels=1)
 
 
@@ -846,7 +849,7 @@ def write_probabilities(array: np.ndarray, geometry: ImageGeometry, path: str | 
         raise InputError(f"{path}: probabilities must have shape (C, {', '.join(map(str, geometry.shape))}), "
                          f"got {array.shape}.")
     if not np.all(np.isfinite(array)):
-        raise InputError(f"{path}: probabilities contain NaN or Inf; refusing to write them.")
+        raise InputError(f"{path}: probabilities contain NaN or Inf, so nothing was written.")
     _check_output_path(path, geometry, overwrite)
 
     data = np.ascontiguousarray(np.moveaxis(array.astype(np.float32, copy=False), 0, -1))

@@ -1,10 +1,10 @@
 """Check a whole dataset folder before training and list every problem, one line per file.
 
-The per-file rules are the readers' own (:mod:`gmrseg.data.io`): this module
-applies them to every case, catches each failure instead of stopping at the
-first, and adds the checks that only make sense for a whole folder (missing
-and extra files, numTraining, file_ending, an empty dataset, classes that
-never occur).
+The per-file rules are the readers' own, from :mod:`gmrseg.data.io`. This
+module applies them to every case and catches each failure instead of
+stopping at the first. It adds the checks that only make sense for a whole
+folder: missing and extra files, numTraining, file_ending, an empty dataset,
+and classes that never occur.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def _check_folder_files(spec: DatasetSpec, folder_name: str, cases: list[Case], 
             collect.problem(path, f"unexpected folder in {folder_name}/; it holds no case. Move it out.")
             continue
         if not _is_image_name(path.name):
-            collect.warning(path, f"not an image file; ignored.")
+            collect.warning(path, "not an image file; ignored.")
             continue
         if not path.name.lower().endswith(spec.file_ending.lower()):
             collect.problem(path, f"file ending {file_ending(path)!r} does not match dataset.json file_ending "
@@ -156,7 +156,7 @@ def _check_folder_files(spec: DatasetSpec, folder_name: str, cases: list[Case], 
 
 def _extra_file_reason(spec: DatasetSpec, folder_name: str, path: Path) -> str:
     if spec.layout == "decathlon":
-        return f"matches no case: dataset.json lists no case with this file. Add it to 'training' or remove it."
+        return "matches no case: dataset.json lists no case with this file. Add it to 'training' or remove it."
     stem = path.name[: -len(spec.file_ending)]
     split = split_channel_suffix(stem)
     if folder_name.startswith("images") and split is None:
