@@ -730,3 +730,76 @@ def test_load_volume_reports_scaled_dtype(tmp_path):
 
     assert volume.data.dtype == np.uint8
     assert volume.geometry.shape == (12, 10, 8)
+
+
+def test_truncated_nii_header_rejected(tmp_path):
+    path = save_nifti(tmp_path / "full.nii", random_volume())
+    truncated = tmp_path / "header_cut.nii"
+    truncated.write_bytes(path.read_bytes()[:100])
+
+    with pytest.raises(InputError, match=r"header_cut\.nii"):
+        read_image(truncated)
+
+
+def test_no_world_coordinates_warns(tmp_path):
+    image = nib.Nifti1Image(random_volume(), np.diag([2.0, 2.0, 3.0, 1.0]))
+    image.set_qform(None, code=0)
+    image.set_sform(None, code=0)
+    path = tmp_path / "no_codes.nii.gz"
+    nib.save(image, str(path))
+
+    with capture_warnings() as messages:
+        _, geometry = read_image(path)
+
+    assert (geometry.qform_code, geometry.sform_code) == (0, 0)
+    np.testing.assert_allclose(geometry.spacing, (2.0, 2.0, 3.0))
+    assert any("no_codes.nii.gz: qform and sform codes are both 0" in message for message in messages)
+
+
+def test_vector_layout_read_as_channels(tmp_path):
+    data = np.stack([random_volume(), random_volume(seed=1), random_volume(seed=2)], axis=-1)[:, :, :, np.newaxis, :]
+    path = save_nifti(tmp_path / "vector.nii.gz", data)
+
+    array, _ = read_image(path, num_channels=3)
+
+    assert array.shape == (3, 12, 10, 8)
+    np.testing.assert_array_equal(array[2], data[:, :, :, 0, 2])
+
+
+def test_2d_file_read_as_one_slice(tmp_path):
+    path = save_nifti(tmp_path / "slice.nii.gz", random_volume((12, 10, 8))[:, :, 0])
+
+    with capture_warnings() as messages:
+        array, geometry = read_image(path)
+
+    assert array.shape == (1, 12, 10, 1)
+    assert geometry.shape == (12, 10, 1)
+    assert any("2D image" in message for message in messages)
+
+
+def test_read_label_nan_rejected(tmp_path):
+    data = labels_volume().astype(np.float32)
+    data[1, 1, 1] = np.nan
+    path = save_nifti(tmp_path / "nan_label.nii.gz", data)
+
+    with pytest.raises(InputError, match=r"nan_label\.nii\.gz: label file has 1 NaN or Inf voxels"):
+        read_label(path)
+
+
+def test_read_dicom_several_series_rejected(tmp_path):
+    volume = np.zeros((2, 4, 5), dtype=np.int16)
+    direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    write_dicom_series(tmp_path / "one", volume, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)
+    for path in (tmp_path / "one").iterdir():
+        path.rename(tmp_path / path.name)
+    import SimpleITK as sitk
+
+    other = sitk.GetImageFromArray(np.ones((4, 5), dtype=np.int16))
+    other.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.9.9")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(tmp_path / "other.dcm"))
+    writer.Execute(other)
+
+    with pytest.raises(InputError, match=r"contains 2 DICOM series: .*Put each series in its own folder"):
+        read_dicom_series(tmp_path)

@@ -280,12 +280,20 @@ def _parse_nifti_bytes(raw: bytes, path: Path):
 def _load_nifti(path: Path) -> tuple[np.ndarray, Any]:
     """Read a whole NIfTI file; return (scaled data, header). Every decoding failure is an InputError."""
     try:
-        raw = path.read_bytes()
-        if raw[:2] == _GZIP_MAGIC:
-            # Decompress the whole stream: gzip checks the length and CRC at the end, so a truncated
+        with open(path, "rb") as handle:
+            compressed = handle.read(2) == _GZIP_MAGIC
+        if compressed:
+            # Read the whole stream: gzip checks the length and CRC at the end, so a truncated
             # or corrupt file fails here instead of yielding zeros.
-            raw = gzip.decompress(raw)
-        image = _parse_nifti_bytes(raw, path)
+            with gzip.open(path, "rb") as handle:
+                image = _parse_nifti_bytes(handle.read(), path)
+        elif file_ending(path) == ".nii":
+            # nibabel raises when fewer bytes than the header promises are present.
+            image = nib.load(str(path), mmap=False)
+            if not isinstance(image, nib.Nifti1Image):
+                raise InputError(f"{path}: not a NIfTI-1 or NIfTI-2 file ({type(image).__name__}).")
+        else:
+            image = _parse_nifti_bytes(path.read_bytes(), path)
         data = np.asanyarray(image.dataobj)
     except InputError:
         raise
