@@ -92,6 +92,17 @@ def test_multichannel_dataset_ok(tmp_path, ending):
     assert report.ok, problem_lines(report)
 
 
+def test_spaces_and_non_ascii_names(tmp_path):
+    root = make_dataset(tmp_path / "données IRM", cases=1, num_training=2)
+    save_nifti(root / "imagesTr" / "patient é 01_0000.nii.gz", image_volume(4))
+    save_nifti(root / "labelsTr" / "patient é 01.nii.gz", label_volume(4))
+
+    report = validate_dataset(root)
+
+    assert report.ok, problem_lines(report)
+    assert report.num_training == 2
+
+
 def test_missing_dataset_json(tmp_path):
     root = make_dataset(tmp_path / "ds")
     (root / "dataset.json").unlink()
