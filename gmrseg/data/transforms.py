@@ -185,8 +185,9 @@ class RandForegroundPatchd(Randomizable, MapTransform):
         for s, e, n in zip(start, end, shape):
             border.extend([max(-s, 0), max(e - n, 0)])
         if any(border):
-            region = BorderPad(spatial_border=border, mode="constant")(region)
-        return region
+            return BorderPad(spatial_border=border, mode="constant")(region)
+        # A crop is a view; copy it so later steps never write into the cached volume.
+        return region.clone()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict] | dict:
         label = data[self.label_key]
@@ -369,8 +370,20 @@ def build_datasets(
     val_transform = build_validation_transform(label_transform=label_transform)
 
     if cache_in_memory:
-        train = CacheDataset(train_items, train_transform, cache_rate=1.0, num_workers=0, progress=progress)
-        val = CacheDataset(val_items, val_transform, cache_rate=1.0, num_workers=0, progress=progress)
+        try:
+            # copy_cache=False: the random part copies the region it cuts (RandForegroundPatchd),
+            # so no item is deep-copied per draw, which cost 12 ms per 36 x 50 x 36 case.
+            train = CacheDataset(train_items, train_transform, cache_rate=1.0, num_workers=0, progress=progress,
+                                 copy_cache=False)
+            val = CacheDataset(val_items, val_transform, cache_rate=1.0, num_workers=0, progress=progress)
+        except RuntimeError as error:
+            # MONAI wraps errors raised inside transforms; surface ours unwrapped.
+            cause = error
+            while cause is not None and not isinstance(cause, InputError):
+                cause = cause.__cause__
+            if cause is not None:
+                raise cause from None
+            raise
     else:
         train = Dataset(train_items, train_transform)
         val = Dataset(val_items, val_transform)

@@ -1,0 +1,167 @@
+"""Example dataset folders: shipped hippocampus subset, rotations, MNI152 from nilearn."""
+
+import importlib.util
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from gmrseg.data.dataset import load_dataset
+from gmrseg.data.example_data import make_example_dataset, rotate_case, shipped_hippocampus_dir
+from gmrseg.errors import InputError
+
+
+def test_shipped_subset_complete():
+    folder = shipped_hippocampus_dir()
+    images = sorted((folder / "imagesTr").glob("*_0000.nii.gz"))
+    labels = sorted((folder / "labelsTr").glob("*.nii.gz"))
+
+    assert len(images) == 80
+    assert len(labels) == 80
+    assert "CC BY-SA 4.0" in (folder / "LICENSE.md").read_text()
+    assert "Simpson" in (folder / "LICENSE.md").read_text()
+
+
+def test_hippocampus_counts_and_json(tmp_path):
+    out = make_example_dataset(tmp_path / "hippo", cases=10, test_fraction=0.2, seed=1)
+    description = json.loads((out / "dataset.json").read_text())
+    spec = load_dataset(out)
+
+    assert len(list((out / "imagesTr").iterdir())) == 8
+    assert len(list((out / "labelsTs").iterdir())) == 2
+    assert description["numTraining"] == 8
+    assert description["labels"] == {"background": 0, "anterior": 1, "posterior": 2}
+    assert description["channel_names"] == {"0": "MRI"}
+    assert len(spec.training) == 8
+    assert len(spec.test) == 2
+    assert "CC BY-SA 4.0" in (out / "LICENSE.md").read_text()
+
+
+def test_upright_copy_is_unchanged(tmp_path):
+    out = make_example_dataset(tmp_path / "hippo", cases=2, test_fraction=0.5)
+    case = sorted((out / "labelsTr").glob("*.nii.gz"))[0]
+    source = shipped_hippocampus_dir() / "labelsTr" / case.name
+
+    written, original = nib.load(case), nib.load(source)
+
+    assert np.array_equal(np.asarray(written.dataobj), np.asarray(original.dataobj))
+    assert np.allclose(written.affine, original.affine)
+
+
+def test_rotated_test_cases_keep_label_volume(tmp_path):
+    out = make_example_dataset(tmp_path / "hippo", cases=4, test_fraction=0.25, rotate_test="0,30", seed=2)
+    description = json.loads((out / "dataset.json").read_text())
+    rotations = description["test_rotations"]
+    source = next(iter(rotations.values()))["source"]
+    original = nib.load(shipped_hippocampus_dir() / "labelsTr" / f"{source}.nii.gz")
+    original_counts = np.bincount(np.asarray(original.dataobj).astype(int).ravel(), minlength=3)
+
+    assert sorted(rotations) == sorted(f"{source}_{name}" for name in ("rot000", "rotx030", "roty030", "rotz030"))
+    for name, record in rotations.items():
+        rotated = nib.load(out / "labelsTs" / f"{name}.nii.gz")
+        counts = np.bincount(np.asarray(rotated.dataobj).astype(int).ravel(), minlength=3)
+        assert np.allclose(rotated.affine[:3, :3], original.affine[:3, :3])
+        assert abs(np.linalg.det(rotated.affine[:3, :3])) == pytest.approx(1.0)
+        for value in (1, 2):
+            assert counts[value] == pytest.approx(original_counts[value], rel=0.05), (name, value)
+
+
+def test_rotate_case_keeps_centre_and_content():
+    image = np.zeros((21, 15, 11), np.float32)
+    image[10, 7, 5] = 1.0
+    image[16, 7, 5] = 2.0
+    label = (image > 0).astype(np.uint8)
+    affine = np.diag([1.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (5.0, -4.0, 2.0)
+    rotation = Rotation.from_euler("z", 90, degrees=True).as_matrix()
+
+    moved, moved_label, moved_affine = rotate_case(image, label, affine, rotation)
+
+    centre_world = affine @ np.array([10, 7, 5, 1.0])
+    marker_world = affine @ np.array([16, 7, 5, 1.0])
+    expected_marker = centre_world[:3] + rotation @ (marker_world[:3] - centre_world[:3])
+    index_centre = np.linalg.solve(moved_affine, centre_world)[:3]
+    index_marker = np.linalg.solve(moved_affine, np.append(expected_marker, 1.0))[:3]
+    assert moved[tuple(np.rint(index_centre).astype(int))] == pytest.approx(1.0)
+    assert moved[tuple(np.rint(index_marker).astype(int))] == pytest.approx(2.0)
+    assert moved_label[tuple(np.rint(index_centre).astype(int))] == 1
+    assert moved_label[tuple(np.rint(index_marker).astype(int))] == 1
+    assert np.allclose(moved_affine[:3, :3], affine[:3, :3])
+
+
+def test_rotation_options(tmp_path):
+    out = make_example_dataset(tmp_path / "hippo", cases=3, test_fraction=0.34, rotate_train="random",
+                               rotate_test="random", seed=3)
+    description = json.loads((out / "dataset.json").read_text())
+    train_label = next((out / "labelsTr").glob("*.nii.gz"))
+
+    assert len(description["test_rotations"]) == 1
+    assert nib.load(train_label).shape != nib.load(shipped_hippocampus_dir() / "labelsTr" / train_label.name).shape
+
+
+def test_refuses_non_empty_folder(tmp_path):
+    target = tmp_path / "hippo"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_example_dataset(target, cases=2)
+    with pytest.raises(InputError, match="no dataset.json"):
+        make_example_dataset(target, cases=2, overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_dataset(tmp_path):
+    out = make_example_dataset(tmp_path / "hippo", cases=4, test_fraction=0.25)
+    make_example_dataset(out, cases=2, test_fraction=0.5, overwrite=True)
+
+    assert len(list((out / "imagesTr").iterdir())) == 1
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
+
+
+@pytest.mark.parametrize("arguments, match", [
+    ({"dataset": "brats"}, "dataset must be"),
+    ({"cases": 1}, "cases must be"),
+    ({"cases": 500}, "at most 80"),
+    ({"test_fraction": 1.0}, "test_fraction"),
+    ({"rotate_train": "15"}, "'none' or 'random'"),
+    ({"rotate_test": "fifteen"}, "comma-separated angles"),
+])
+def test_invalid_arguments(tmp_path, arguments, match):
+    with pytest.raises(InputError, match=match):
+        make_example_dataset(tmp_path / "out", **arguments)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nilearn") is None, reason="nilearn not installed")
+def test_mni152_small_cases(tmp_path):
+    out = make_example_dataset(tmp_path / "mni", dataset="mni152", cases=2, test_fraction=0.5, spacing=4.0)
+    description = json.loads((out / "dataset.json").read_text())
+    image = nib.load(next((out / "imagesTr").glob("*.nii.gz")))
+    label = nib.load(next((out / "labelsTr").glob("*.nii.gz")))
+    counts = np.bincount(np.asarray(label.dataobj).astype(int).ravel(), minlength=3)
+
+    assert description["labels"] == {"background": 0, "grey_matter": 1, "white_matter": 2}
+    assert np.allclose(np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0)), 4.0)
+    assert image.shape == label.shape
+    assert counts[1] > 0.1 * counts[1:].sum()
+    assert counts[2] > 0.1 * counts[1:].sum()
+    assert len(list((out / "imagesTs").iterdir())) == 1
+
+
+def test_mni152_without_nilearn_names_extra(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_nilearn(name, *args, **kwargs):
+        if name.startswith("nilearn"):
+            raise ImportError("no nilearn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nilearn)
+    with pytest.raises(InputError, match=r"pip install gmrseg\[examples\]"):
+        make_example_dataset(tmp_path / "mni", dataset="mni152", cases=2)
+    assert not (tmp_path / "mni").exists()
