@@ -204,3 +204,40 @@ def test_restore_rejects_wrong_shape():
         restore_to_original(np.zeros((1, 3, 3, 3)), result.inverse, mode="nearest")
     with pytest.raises(InputError, match="mode"):
         restore_to_original(result.label, result.inverse, mode="cubic")
+
+
+REAL_SCANS = "/work/shared/data/geometry"
+
+
+@pytest.mark.parametrize("stem, target", [
+    ("spinalcord_t2_psr", None),
+    ("spinalcord_t2s_aniso", None),
+    ("spinalcord_t2s_aniso", (0.5, 0.5, 0.5)),
+    ("spleen_ct_5mm", None),
+])
+def test_real_scan_round_trip(stem, target):
+    from pathlib import Path
+
+    from gmrseg.data.io import read_image, read_label
+
+    image_path = Path(REAL_SCANS) / f"{stem}.nii.gz"
+    if not image_path.is_file():
+        pytest.skip(f"{image_path} not available")
+    image, geometry = read_image(image_path)
+    label = read_label(Path(REAL_SCANS) / f"{stem}_label.nii.gz", geometry)
+    own_spacing = tuple(float(value) for value in np.sqrt((geometry.affine[:3, :3] ** 2).sum(axis=0)))
+    reoriented = nib.orientations.ornt_transform(nib.io_orientation(geometry.affine), nib.orientations.axcodes2ornt("RAS"))
+    spacing_ras = [0.0, 0.0, 0.0]
+    for axis, (target_axis, _) in enumerate(reoriented):
+        spacing_ras[int(target_axis)] = own_spacing[axis]
+    plan = PreprocessingPlan(target_spacing=target or spacing_ras, crop_to_nonzero=False)
+
+    result = preprocess_case(image, geometry.affine, plan, label)
+    restored = restore_to_original(result.label.numpy(), result.inverse, mode="nearest")[0]
+
+    assert result.inverse["resampled"] is (target is not None)
+    assert "".join(nib.aff2axcodes(np.asarray(result.inverse["preprocessed_affine"]))) == "RAS"
+    if target is None:
+        assert np.array_equal(restored, label)
+    else:
+        assert np.mean(restored == label) >= 0.99

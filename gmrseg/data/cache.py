@@ -38,7 +38,7 @@ LabelTransform = Callable[[np.ndarray], np.ndarray]
 
 
 def cache_folder(cache_dir: str | os.PathLike, plan: PreprocessingPlan) -> Path:
-    """Return the folder that holds the cases preprocessed with ``plan``."""
+    """Return the folder that contains the cases preprocessed with ``plan``."""
     return Path(cache_dir) / f"plan_{plan.digest()}"
 
 
@@ -160,7 +160,7 @@ class LoadPreprocessedd(MapTransform):
 
     Input items are the dicts from :func:`preprocess_to_cache`. ``label_transform``,
     when given, maps the label array (numpy, ``(1, X, Y, Z)``, int16) to new
-    class values, for example to merge left and right structures; it must keep
+    class values, for example to merge left and right structures. It must keep
     the shape and return integers. The ``inverse`` record is kept when
     ``keep_inverse`` is true (validation and prediction need it; training patches do not).
     """

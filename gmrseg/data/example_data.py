@@ -13,12 +13,12 @@
   field and Gaussian noise, resampled to ``spacing`` mm. Labels: 0 background,
   1 grey matter, 2 white matter, each voxel taking the most probable class.
 
-Rotated cases (``rotate_train`` / ``rotate_test``) model a tilted patient: the
-anatomy turns about the centre of the volume in world space, the image is
+Rotated cases (``rotate_train`` / ``rotate_test``) model a tilted patient. The
+anatomy turns about the centre of the volume in world space. The image is
 resampled with linear and the label with nearest interpolation onto a grid
-with the source's axes and spacing, enlarged so no voxel is cut off, and the
-affine's origin is moved so the volume centre keeps its world position.
-Voxels that come from outside the source volume are 0.
+with the source's axes and spacing, enlarged so no voxel is cut off. The
+affine's origin moves so the volume centre keeps its world position, and
+voxels that come from outside the source volume are 0.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
             )
         if not (out_dir / "dataset.json").is_file():
             raise InputError(
-                f"{out_dir} is not empty and holds no dataset.json, so it does not look like an example dataset; "
+                f"{out_dir} is not empty and contains no dataset.json, so it is not an example dataset; "
                 "gmrseg does not clear it even with overwrite. Choose a new folder."
             )
         for name in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):

@@ -67,8 +67,8 @@ DEFAULT_ORIENTATION = "RAS"
 DEFAULT_MAX_VOXELS = 512**3
 """Largest resampled volume (voxels per channel) that :func:`preprocess_case` accepts.
 
-512**3 float32 voxels take 512 MiB per channel, and linear resampling needs
-about four times that for the sampling grid and the output.
+512**3 float32 voxels take 512 MiB per channel. Linear resampling needs about
+four times that (an estimate: a 3-vector sampling grid plus the output).
 """
 
 NORMALIZATION_SCHEMES = ("zscore_nonzero", "zscore", "ct", "none")
@@ -261,8 +261,9 @@ def _isotropic_spacing(median_spacing: np.ndarray) -> float:
       detail that the annotator drew on.
     - median of the three (chosen, 0.7 mm here): equals the in-plane spacing of
       slice stacks, so annotated detail is kept and only the thick axis is
-      interpolated; with two coarse axes it follows them. Memory grows by the
-      slice-thickness ratio, which :attr:`PreprocessingPlan.max_voxels` caps.
+      interpolated. With two coarse axes it follows the coarse ones. Memory
+      grows by the slice-thickness ratio, which
+      :attr:`PreprocessingPlan.max_voxels` caps.
     """
     return float(np.median(median_spacing))
 
@@ -300,7 +301,7 @@ def plan_preprocessing(
 ) -> tuple[PreprocessingPlan, dict]:
     """Compute the dataset fingerprint and the preprocessing plan from the training cases.
 
-    Every training case is read once (image and label). The fingerprint holds
+    Every training case is read once (image and label). The fingerprint contains
     the spacing and shape of each case on the reoriented grid, their medians,
     the shapes after cropping and after resampling to the target spacing, the
     axis codes found in the headers and, per channel, statistics of the
@@ -670,7 +671,7 @@ def restore_to_original(
         if mode == "nearest":
             array = np.round(array)
     if list(array.shape[1:]) != cropped_shape:
-        raise InputError(f"internal shape mismatch: restored {array.shape[1:]} but the crop box is {cropped_shape}.")
+        raise RuntimeError(f"internal shape mismatch: restored {array.shape[1:]} but the crop box is {cropped_shape}.")
 
     # 2. Undo the crop.
     if pad_value is None:
@@ -688,7 +689,7 @@ def restore_to_original(
     )
     result = np.stack([nib.orientations.apply_orientation(channel, backward) for channel in full])
     if list(result.shape[1:]) != list(inverse["original_shape"]):
-        raise InputError(
+        raise RuntimeError(
             f"internal shape mismatch: restored {result.shape[1:]} but the original grid is {inverse['original_shape']}."
         )
     return np.ascontiguousarray(result)

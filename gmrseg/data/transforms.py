@@ -6,11 +6,11 @@ A training item passes through two parts:
   preprocessed arrays from the on-disk cache (:mod:`gmrseg.data.cache`), apply
   the optional ``label_transform``, pad to the patch size and record up to
   10,000 voxel positions per class for foreground oversampling;
-- random (every time): pick a patch centre (a foreground voxel with
-  probability ``foreground_fraction``, as nnU-Net forces one third of its
-  patches to contain foreground), cut a region large enough to rotate and zoom
-  without empty corners, then rotation / scaling in one resampling, flips and
-  intensity changes (noise, brightness, contrast, gamma).
+- random (every time): pick a patch centre, which is a foreground voxel with
+  probability ``foreground_fraction`` (nnU-Net forces one third of its patches
+  to contain foreground). Cut a region large enough to rotate and zoom without
+  empty corners. Then rotate and scale in one resampling, flip, and change
+  intensities (noise, brightness, contrast, gamma).
 
 Keys: ``image`` (float32, C X Y Z), ``label`` (int16, 1 X Y Z), ``case_id``.
 """
@@ -137,10 +137,10 @@ class ClassIndicesd(MapTransform):
 class RandForegroundPatchd(Randomizable, MapTransform):
     """Cut a region of ``context`` voxels around a random patch centre, forcing foreground centres at a set rate.
 
-    The centre is drawn like MONAI's ``RandCropByLabelClassesd`` for a crop of
-    ``patch_size`` (a class picked by ``ratios``, then a voxel of that class,
-    moved inwards just enough for the patch to fit), so the chosen voxel always
-    lies inside the final patch. The region around it is then cut with
+    The centre is drawn as MONAI's ``RandCropByLabelClassesd`` draws it for a
+    crop of ``patch_size``: a class picked by ``ratios``, then a voxel of that
+    class, moved inwards just enough for the patch to fit. So the chosen voxel
+    always lies inside the final patch. The region around it is then cut with
     ``context`` voxels and padded with zeros where it leaves the volume. MONAI's
     own crops cannot reach past the volume edge, which the rotation margin needs.
 
@@ -268,7 +268,9 @@ def build_training_transform(
 
     keys = ("image", "label")
     spatial = rotation or scale
-    context = context_size(patch, rotation=rotation, scale_range=scale_range if scale else 0.0) if spatial else patch
+    context = patch
+    if spatial:
+        context = context_size(patch, rotation=rotation, scale_range=scale_range if scale else 0.0)
     ratios = [1.0 - foreground_fraction] + [foreground_fraction / (num_classes - 1)] * (num_classes - 1)
 
     # Deterministic part, cached by CacheDataset.
@@ -324,7 +326,7 @@ def build_datasets(
     """Preprocess the cases once into ``cache_dir`` and build the training and validation datasets.
 
     Each case is read from NIfTI and preprocessed only when its cache file is
-    missing or stale (:func:`~gmrseg.data.cache.preprocess_to_cache`); later
+    missing or stale (:func:`~gmrseg.data.cache.preprocess_to_cache`). Later
     runs and all epochs read the ``.npz`` arrays. With ``cache_in_memory`` the
     deterministic part (loading, label mapping, padding, class indices) is
     kept in memory by MONAI ``CacheDataset``, so an epoch only runs the random
