@@ -1,0 +1,401 @@
+"""Rotation-robustness benchmark: train on upright scans, test on rotated ones.
+
+``gmrseg benchmark rotation`` (or ``benchmarks/rotation_robustness.py``) runs,
+in one output folder:
+
+1. ``data/``: an example dataset (the shipped hippocampus MRI by default, or
+   MNI152 tissue classes) with upright training cases and held-out cases.
+2. ``test_sets/``: the held-out cases upright, rotated by each angle about
+   each world axis, and under uniform random 3D rotations
+   (:mod:`gmrseg.benchmarking.rotated_sets`).
+3. ``configs/`` and ``runs/``: three models trained on the upright cases with
+   the same base config, epochs, patch, optimizer and seed: GMRUNet and the
+   dense UNet of the same shape without rotation augmentation, and the dense
+   UNet with full 3D rotation augmentation.
+4. ``predictions/`` and ``evaluation/``: every model on every test set.
+5. ``results.md``, ``results.csv``, ``results.json`` and ``dice_vs_angle.png``.
+
+The default settings are sized for a 2-core CPU (about 30 minutes unshared);
+``--full`` switches to the default config and every held-out case for a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from gmrseg.benchmarking.common import (
+    base_config_values,
+    hardware_summary,
+    predict_and_evaluate,
+    prepare_benchmark_dir,
+    train_with_config,
+)
+from gmrseg.errors import InputError
+from gmrseg.utils.files import save_json_atomic, save_text_atomic
+
+__all__ = ["MODELS", "ModelSpec", "RotationBenchmarkSettings", "build_parser", "main", "run_rotation_benchmark"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the comparison.
+
+    Attributes:
+        key: folder name and results key.
+        label: name in tables and plots.
+        network: ``gmrseg.networks.factory`` name.
+        rotation_augmentation: train with random 3D rotations of the patches.
+    """
+
+    key: str
+    label: str
+    network: str
+    rotation_augmentation: bool
+
+
+MODELS = {
+    "gmrunet": ModelSpec("gmrunet", "GMRUNet", "gmrunet", False),
+    "unet": ModelSpec("unet", "dense UNet", "unet", False),
+    "unet_rotaug": ModelSpec("unet_rotaug", "dense UNet + rotation aug.", "unet", True),
+}
+
+# Files and folders the benchmark writes; --overwrite removes only these.
+_OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
+            "results.md", "results.csv", "results.json", "dice_vs_angle.png")
+
+_DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
+
+# CPU defaults: 8 held-out cases x 17 test sets x 3 models stay within the
+# 30-minute budget on 2 cores together with the three trainings.
+_CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto"}
+# --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
+_FULL_DEFAULTS = {"base_config": "default", "test_cases": None, "random_per_case": 4, "device": "auto",
+                  "epochs": 100}
+
+
+@dataclass
+class RotationBenchmarkSettings:
+    """Everything that defines one benchmark run (stored in ``results.json``).
+
+    Attributes:
+        out: output folder.
+        dataset: ``hippocampus`` or ``mni152``.
+        cases: total example cases, training plus held-out (None: all).
+        test_fraction: fraction of cases held out.
+        test_cases: held-out cases used in each test set (None: all).
+        angles_deg: rotation angles about each axis, in degrees.
+        random_per_case: random 3D rotations per held-out case.
+        base_config: preset name or YAML file every model starts from.
+        epochs: training epochs per model (None: the base config's).
+        iterations_per_epoch: optimizer steps per epoch (None: the base config's).
+        patch_size: training patch and window size in voxels (None: the base config's).
+        features: channels per UNet level (None: the base config's).
+        kernel_sizes: kernel size per UNet level (None: the base config's).
+        models: keys of :data:`MODELS` to run, in table order.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        tta: test-time augmentation for every model (``none``, ``flip``,
+            ``full``) or ``default`` for the predictor's per-network choice.
+        overlap: sliding-window overlap in [0, 1).
+        seed: seed of the data split, the random rotations and training.
+        overwrite: replace a previous benchmark in ``out``.
+        full: the ``--full`` preset was requested.
+        command: command line, recorded with the results.
+    """
+
+    out: Path
+    dataset: str = "hippocampus"
+    cases: int | None = None
+    test_fraction: float = 0.2
+    test_cases: int | None = 8
+    angles_deg: list[float] = field(default_factory=lambda: list(_DEFAULT_ANGLES))
+    random_per_case: int = 2
+    base_config: str = "quick"
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    patch_size: list[int] | None = None
+    features: list[int] | None = None
+    kernel_sizes: list[int] | None = None
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    device: str = "auto"
+    tta: str = "none"
+    overlap: float = 0.5
+    seed: int = 0
+    overwrite: bool = False
+    full: bool = False
+    command: str = ""
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``gmrseg benchmark rotation``."""
+    parser = argparse.ArgumentParser(
+        prog="gmrseg benchmark rotation",
+        description="Train GMRUNet, the dense UNet of the same shape, and the dense UNet with rotation "
+        "augmentation on upright scans; test all three on the held-out scans upright, rotated about each axis, "
+        "and under random 3D rotations. Writes results.md, results.csv, results.json and dice_vs_angle.png.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("gmrseg_rotation_benchmark"),
+                        help="output folder (default: ./gmrseg_rotation_benchmark)")
+    parser.add_argument("--dataset", choices=("hippocampus", "mni152"), default="hippocampus",
+                        help="example data: shipped hippocampus MRI or MNI152 tissue classes (needs nilearn) "
+                        "(default: hippocampus)")
+    parser.add_argument("--full", action="store_true",
+                        help="larger settings for a GPU: default config, 100 epochs, every held-out case, "
+                        "4 random rotations per case (options given explicitly still win)")
+    parser.add_argument("--cases", type=int, default=None,
+                        help="total example cases, training plus held-out (default: all 80 hippocampus cases, "
+                        "20 MNI152 cases)")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="fraction of the cases held out for testing (default: 0.2)")
+    parser.add_argument("--test-cases", type=int, default=None,
+                        help="held-out cases in each test set (default: 8; --full: all)")
+    parser.add_argument("--angles", type=float, nargs="+", default=list(_DEFAULT_ANGLES), metavar="DEGREES",
+                        help="rotation angles about each of the x, y and z axes, in degrees "
+                        "(default: 15 30 45 90 180)")
+    parser.add_argument("--random-rotations", type=int, default=None, metavar="N",
+                        help="uniform random 3D rotations per held-out case; 0 skips the random set "
+                        "(default: 2; --full: 4)")
+    parser.add_argument("--config", dest="base_config", default=None,
+                        help="preset name or YAML file that every model starts from; the benchmark sets the "
+                        "network name and rotation augmentation (default: quick; --full: default)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs per model, the same for all (default: the config's; --full: 100)")
+    parser.add_argument("--iterations-per-epoch", type=int, default=None,
+                        help="optimizer steps per epoch (default: the config's)")
+    parser.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                        help="training patch and sliding-window size in voxels (default: the config's)")
+    parser.add_argument("--features", type=int, nargs="+", default=None,
+                        help="channels per UNet level, the same for every model (default: the config's)")
+    parser.add_argument("--kernel-sizes", type=int, nargs="+", default=None,
+                        help="odd kernel size per UNet level (default: the config's)")
+    parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS),
+                        help="models to train and test, in table order (default: all three)")
+    parser.add_argument("--device", default=None,
+                        help="device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--tta", choices=("none", "flip", "full", "default"), default="none",
+                        help="test-time augmentation for every model; 'default' lets the predictor choose per "
+                        "network (flips for dense networks) (default: none, to compare the networks alone)")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="sliding-window overlap in [0, 1) (default: 0.5)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the case split, the random rotations and training (default: 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier benchmark in --out")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, argv: Sequence[str]) -> RotationBenchmarkSettings:
+    """Resolve parsed options and the ``--full`` preset into settings; options given explicitly win."""
+    defaults = dict(_FULL_DEFAULTS if args.full else _CPU_DEFAULTS)
+
+    def pick(value: Any, key: str, fallback: Any = None) -> Any:
+        return value if value is not None else defaults.get(key, fallback)
+
+    return RotationBenchmarkSettings(
+        out=args.out,
+        dataset=args.dataset,
+        cases=args.cases,
+        test_fraction=args.test_fraction,
+        test_cases=args.test_cases if args.test_cases is not None else defaults["test_cases"],
+        angles_deg=[float(angle) for angle in args.angles],
+        random_per_case=pick(args.random_rotations, "random_per_case"),
+        base_config=pick(args.base_config, "base_config"),
+        epochs=pick(args.epochs, "epochs"),
+        iterations_per_epoch=args.iterations_per_epoch,
+        patch_size=list(args.patch_size) if args.patch_size else None,
+        features=args.features,
+        kernel_sizes=args.kernel_sizes,
+        models=list(dict.fromkeys(args.models)),
+        device=pick(args.device, "device"),
+        tta=args.tta,
+        overlap=args.overlap,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        full=args.full,
+        command=" ".join(["gmrseg", "benchmark", "rotation", *argv]),
+    )
+
+
+def _check_settings(settings: RotationBenchmarkSettings) -> None:
+    """Reject impossible settings before anything is written."""
+    def positive(name: str, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+    positive("--cases", settings.cases)
+    positive("--test-cases", settings.test_cases)
+    positive("--epochs", settings.epochs)
+    positive("--iterations-per-epoch", settings.iterations_per_epoch)
+    if settings.random_per_case < 0:
+        raise InputError(f"--random-rotations must be 0 or more, got {settings.random_per_case}")
+    if not 0.0 <= settings.overlap < 1.0:
+        raise InputError(f"--overlap must lie in [0, 1), got {settings.overlap}")
+    if not settings.models:
+        raise InputError(f"--models needs at least one of {', '.join(MODELS)}")
+    unknown = [key for key in settings.models if key not in MODELS]
+    if unknown:
+        raise InputError(f"unknown model(s) {', '.join(unknown)}; valid models: {', '.join(MODELS)}")
+    if settings.features is not None and settings.kernel_sizes is not None:
+        if len(settings.features) != len(settings.kernel_sizes):
+            raise InputError(f"--features ({len(settings.features)} levels) and --kernel-sizes "
+                             f"({len(settings.kernel_sizes)} levels) must have the same length")
+    if settings.kernel_sizes is not None and any(size < 1 or size % 2 == 0 for size in settings.kernel_sizes):
+        raise InputError(f"--kernel-sizes must be odd and positive (GMR rings need a centre voxel), "
+                         f"got {settings.kernel_sizes}")
+    if settings.features is not None and any(size < 1 for size in settings.features):
+        raise InputError(f"--features must be positive, got {settings.features}")
+
+
+def _train_model(settings: RotationBenchmarkSettings, spec: ModelSpec, data_dir: Path) -> dict[str, Any]:
+    values = base_config_values(
+        settings.base_config, network=spec.network, features=settings.features,
+        kernel_sizes=settings.kernel_sizes, epochs=settings.epochs,
+        iterations_per_epoch=settings.iterations_per_epoch, patch_size=settings.patch_size, seed=settings.seed,
+    )
+    values["augmentation"]["rotation"] = spec.rotation_augmentation
+    if spec.rotation_augmentation:
+        values["augmentation"]["rotation_range_deg"] = 180.0
+
+    logger.info("Training %s (%s, rotation augmentation %s)", spec.label, spec.network,
+                "on" if spec.rotation_augmentation else "off")
+    trained = train_with_config(values, settings.out / "configs" / f"{spec.key}.yaml", data_dir,
+                                settings.out / "runs" / spec.key, device=settings.device)
+    logger.info("Trained %s in %.0f s: best validation Dice %s at epoch %s", spec.label,
+                trained["training_seconds"], trained["best_validation_dice"], trained["best_epoch"])
+    return {"key": spec.key, "label": spec.label, "network": spec.network,
+            "rotation_augmentation": spec.rotation_augmentation, **trained}
+
+
+def _test_model(settings: RotationBenchmarkSettings, model: dict[str, Any], test_sets: dict[str, Path],
+                data_dir: Path) -> dict[str, dict[str, Any]]:
+    """Predict and evaluate every test set; return the scores per set."""
+    scores = {}
+    for name, folder in test_sets.items():
+        scores[name] = predict_and_evaluate(
+            model["run_dir"], folder / "imagesTs", folder / "labelsTs",
+            settings.out / "predictions" / model["key"] / name, settings.out / "evaluation" / model["key"] / name,
+            dataset_json=data_dir / "dataset.json", device=settings.device,
+            tta=None if settings.tta == "default" else settings.tta, overlap=settings.overlap,
+        )
+        logger.info("%s on %s: mean Dice %.3f over %d case(s)", model["label"], name, scores[name]["mean"],
+                    scores[name]["cases"])
+    return scores
+
+
+def run_rotation_benchmark(settings: RotationBenchmarkSettings) -> dict[str, Any]:
+    """Run the whole benchmark and write its results into ``settings.out``.
+
+    Returns:
+        The results dict written to ``results.json`` (see
+        :mod:`gmrseg.benchmarking.rotation_report` for its layout).
+
+    Raises:
+        InputError: invalid settings, or a non-empty ``out`` that is not a benchmark folder.
+        FileExistsError: ``out`` is not empty and ``overwrite`` is False.
+    """
+    from gmrseg.benchmarking.rotated_sets import build_rotation_settings, write_rotated_test_sets
+    from gmrseg.benchmarking.rotation_report import check_goal, format_csv, format_markdown, plot_dice_against_angle
+    from gmrseg.data.dataset import load_dataset
+    from gmrseg.data.example_data import make_example_dataset
+
+    _check_settings(settings)
+    rotation_settings = build_rotation_settings(settings.angles_deg, random_rotations=settings.random_per_case > 0)
+    settings.out = Path(settings.out)
+    hardware = hardware_summary(settings.device)
+    stored_settings = {key: (str(value) if isinstance(value, Path) else value)
+                       for key, value in asdict(settings).items()}
+    prepare_benchmark_dir(settings.out, overwrite=settings.overwrite, outputs=_OUTPUTS,
+                          marker={"benchmark": "rotation", "settings": stored_settings})
+    started = time.perf_counter()
+
+    # Data: upright training cases, upright held-out cases, then the rotated test sets.
+    data_dir = make_example_dataset(settings.out / "data", dataset=settings.dataset, cases=settings.cases,
+                                    test_fraction=settings.test_fraction, seed=settings.seed)
+    spec = load_dataset(data_dir)
+    held_out = sorted(spec.test, key=lambda case: case.case_id)
+    if settings.test_cases is not None:
+        held_out = held_out[: settings.test_cases]
+    test_sets = write_rotated_test_sets(held_out, rotation_settings, settings.out / "test_sets",
+                                        file_ending=spec.file_ending, random_per_case=max(settings.random_per_case, 1),
+                                        seed=settings.seed)
+    case_counts = {name: len(list((folder / "labelsTs").iterdir())) for name, folder in test_sets.items()}
+
+    # Models: train each, then predict and evaluate every test set.
+    models = []
+    dice = {}
+    for key in settings.models:
+        model = _train_model(settings, MODELS[key], data_dir)
+        scores = _test_model(settings, model, test_sets, data_dir)
+        seconds = sum(entry["seconds"] for entry in scores.values())
+        model["inference_seconds"] = seconds
+        model["inference_seconds_per_case"] = seconds / max(sum(entry["cases"] for entry in scores.values()), 1)
+        dice[key] = {name: {"per_class": entry["per_class"], "mean": entry["mean"]} for name, entry in scores.items()}
+        models.append(model)
+
+    stored_settings["patch_size"] = _resolved_patch_size(models)
+    stored_settings["epochs_label"] = _epochs_label(models)
+    results = {
+        "benchmark": "rotation",
+        "command": settings.command,
+        "settings": stored_settings,
+        "hardware": hardware,
+        "num_training_cases": len(spec.training),
+        "num_test_cases": len(held_out),
+        "classes": [name for name, value in sorted(spec.labels.items(), key=lambda item: item[1]) if value != 0],
+        "sets": [{**setting.to_dict(), "cases": case_counts[setting.name]} for setting in rotation_settings],
+        "models": models,
+        "dice": dice,
+        "total_seconds": time.perf_counter() - started,
+    }
+    results["goal"] = check_goal(results)
+
+    # Outputs: tables, plot, and everything in JSON.
+    save_text_atomic(settings.out / "results.md", format_markdown(results))
+    save_text_atomic(settings.out / "results.csv", format_csv(results))
+    plot_dice_against_angle(results, settings.out / "dice_vs_angle.png")
+    save_json_atomic(settings.out / "results.json", results)
+    logger.info("Rotation benchmark finished in %.0f s; results in %s", results["total_seconds"], settings.out)
+    return results
+
+
+def _resolved_patch_size(models: list[dict[str, Any]]) -> list[int]:
+    plans = json.loads((Path(models[0]["run_dir"]) / "plans.json").read_text(encoding="utf-8"))
+    return list(plans["patch_size"])
+
+
+def _epochs_label(models: list[dict[str, Any]]) -> str:
+    first = models[0]
+    epochs, iterations = first["epochs"], first["iterations_per_epoch"]
+    return f"{epochs} epoch{'s' if epochs != 1 else ''} of {iterations} iteration{'s' if iterations != 1 else ''}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark from the command line; print the Markdown table; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    settings = settings_from_args(args, argv)
+    try:
+        results = run_rotation_benchmark(settings)
+    except (InputError, FileNotFoundError, FileExistsError) as error:
+        print(f"gmrseg benchmark rotation: error: {error}", file=sys.stderr)
+        return 2
+
+    from gmrseg.benchmarking.rotation_report import format_markdown
+
+    print(format_markdown(results))
+    print(f"Results: {settings.out / 'results.md'}, results.csv, results.json, dice_vs_angle.png")
+    return 0

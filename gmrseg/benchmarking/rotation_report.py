@@ -1,0 +1,208 @@
+"""Tables, goal check and plot of the rotation-robustness benchmark.
+
+Every function here reads the plain results dict that
+:func:`gmrseg.benchmarking.rotation.run_rotation_benchmark` builds, so a saved
+``results.json`` can be rendered again without rerunning anything::
+
+    {"settings": {...}, "hardware": {...}, "classes": [names],
+     "sets": [{"name", "axis", "angle_deg", "cases"}],
+     "models": [{"key", "label", "network", "rotation_augmentation", "parameters",
+                 "training_seconds", "inference_seconds_per_case", ...}],
+     "dice": {model_key: {set_name: {"per_class": {class: mean Dice}, "mean": mean over classes}}}}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from gmrseg.utils.files import atomic_write_path
+
+__all__ = ["GOAL_MAX_DROP", "GOAL_MAX_PARAMETER_RATIO", "check_goal", "format_markdown", "format_csv",
+           "plot_dice_against_angle"]
+
+# The benchmark's claim: GMRUNet loses at most 2 Dice points on randomly
+# rotated scans, beats both dense baselines there, with at most half their parameters.
+GOAL_MAX_DROP = 0.02
+GOAL_MAX_PARAMETER_RATIO = 0.5
+
+_GMR_KEY = "gmrunet"
+
+
+def _dice(results: dict[str, Any], model: str, set_name: str) -> float | None:
+    entry = results["dice"].get(model, {}).get(set_name)
+    return None if entry is None else entry["mean"]
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _set_label(entry: dict[str, Any]) -> str:
+    if entry["name"] == "upright":
+        return "upright"
+    if entry["angle_deg"] is None:
+        return "random 3D"
+    return f"{entry['angle_deg']:g}° about {entry['axis']}"
+
+
+def check_goal(results: dict[str, Any]) -> dict[str, Any]:
+    """Check the benchmark's goal on the measured numbers.
+
+    Returns:
+        ``{"checks": [{"name", "passed", "detail"}], "met": bool | None}``;
+        ``met`` is None when a model or set needed for a check was not run.
+    """
+    models = {model["key"]: model for model in results["models"]}
+    set_names = {entry["name"] for entry in results["sets"]}
+    baselines = [key for key in models if key != _GMR_KEY]
+    if _GMR_KEY not in models or not baselines or not {"upright", "random"} <= set_names:
+        return {"checks": [], "met": None}
+
+    checks = []
+    upright = _dice(results, _GMR_KEY, "upright")
+    rotated = _dice(results, _GMR_KEY, "random")
+    drop = upright - rotated
+    checks.append({
+        "name": f"GMRUNet random-rotation Dice within {GOAL_MAX_DROP * 100:g} points of upright",
+        "passed": drop <= GOAL_MAX_DROP,
+        "detail": f"upright {upright:.3f}, random {rotated:.3f}, drop {drop * 100:+.1f} points",
+    })
+    for key in baselines:
+        other = _dice(results, key, "random")
+        checks.append({
+            "name": f"GMRUNet random-rotation Dice >= {models[key]['label']}",
+            "passed": rotated >= other,
+            "detail": f"{rotated:.3f} vs {other:.3f}",
+        })
+    smallest = min(models[key]["parameters"] for key in baselines)
+    ratio = models[_GMR_KEY]["parameters"] / smallest
+    checks.append({
+        "name": f"GMRUNet parameters <= {GOAL_MAX_PARAMETER_RATIO:g} x the dense baselines",
+        "passed": ratio <= GOAL_MAX_PARAMETER_RATIO,
+        "detail": f"{models[_GMR_KEY]['parameters']:,} vs {smallest:,} ({ratio:.3f} x)",
+    })
+    return {"checks": checks, "met": all(check["passed"] for check in checks)}
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """Return the results as Markdown: models, mean Dice per set, Dice per class, goal."""
+    models = results["models"]
+    lines = ["# Rotation robustness", ""]
+    settings = results["settings"]
+    lines.append(
+        f"Dataset {settings['dataset']}: {results['num_training_cases']} upright training cases, "
+        f"{results['num_test_cases']} held-out cases per test set ({settings['random_per_case']} random "
+        f"rotations each in the random set). Each model: {settings['epochs_label']}, patch "
+        f"{'x'.join(str(size) for size in settings['patch_size'])}, same optimizer and seed; "
+        f"test-time augmentation {settings['tta']}."
+    )
+    lines += ["", "## Models", "",
+              "| model | network | parameters | rotation augmentation | training (s) | inference (s per case) |",
+              "|---|---|---:|---|---:|---:|"]
+    for model in models:
+        lines.append(
+            f"| {model['label']} | {model['network']} | {model['parameters']:,} | "
+            f"{'full 3D' if model['rotation_augmentation'] else 'none'} | {model['training_seconds']:.0f} | "
+            f"{_number(model['inference_seconds_per_case'], 2)} |"
+        )
+
+    lines += ["", "## Mean Dice over classes", "",
+              "| test set | cases | " + " | ".join(model["label"] for model in models) + " |",
+              "|---|---:|" + "---:|" * len(models)]
+    for entry in results["sets"]:
+        cells = [_number(_dice(results, model["key"], entry["name"])) for model in models]
+        lines.append(f"| {_set_label(entry)} | {entry['cases']} | " + " | ".join(cells) + " |")
+
+    classes = results["classes"]
+    header = [f"{model['label']}: {name}" for model in models for name in classes]
+    lines += ["", "## Dice per class", "",
+              "| test set | " + " | ".join(header) + " |",
+              "|---|" + "---:|" * len(header)]
+    for entry in results["sets"]:
+        cells = []
+        for model in models:
+            per_class = results["dice"].get(model["key"], {}).get(entry["name"], {}).get("per_class", {})
+            cells.extend(_number(per_class.get(name)) for name in classes)
+        lines.append(f"| {_set_label(entry)} | " + " | ".join(cells) + " |")
+
+    goal = results.get("goal") or check_goal(results)
+    if goal["checks"]:
+        lines += ["", "## Goal", ""]
+        for check in goal["checks"]:
+            lines.append(f"- {'met' if check['passed'] else 'NOT met'}: {check['name']} ({check['detail']})")
+
+    hardware = results.get("hardware", {})
+    if hardware:
+        lines += ["", "## Hardware", "", f"- {hardware.get('summary', '')}"]
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(results: dict[str, Any]) -> str:
+    """Return one CSV row per model, test set and class (class ``mean`` is the mean over classes)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "network", "rotation_augmentation", "parameters", "test_set", "axis", "angle_deg",
+                     "cases", "class", "dice_mean"])
+    for model in results["models"]:
+        for entry in results["sets"]:
+            scores = results["dice"].get(model["key"], {}).get(entry["name"])
+            if scores is None:
+                continue
+            angle = "" if entry["angle_deg"] is None else f"{entry['angle_deg']:g}"
+            prefix = [model["key"], model["network"], int(model["rotation_augmentation"]), model["parameters"],
+                      entry["name"], entry["axis"] or "", angle, entry["cases"]]
+            for name in results["classes"]:
+                writer.writerow(prefix + [name, _number(scores["per_class"].get(name), 4)])
+            writer.writerow(prefix + ["mean", _number(scores["mean"], 4)])
+    return buffer.getvalue()
+
+
+def plot_dice_against_angle(results: dict[str, Any], path: str | Path) -> None:
+    """Plot mean Dice against rotation angle per model and write a PNG (atomic).
+
+    Lines are the mean over the three axes (markers show each axis); the
+    random-rotation Dice of each model is a dashed line in the same colour.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = {"x": "^", "y": "s", "z": "D"}
+    for index, model in enumerate(results["models"]):
+        color = colors[index % len(colors)]
+        scores = results["dice"].get(model["key"], {})
+        by_angle: dict[float, list[float]] = {}
+        for entry in results["sets"]:
+            if entry["angle_deg"] is None or entry["name"] not in scores:
+                continue
+            value = scores[entry["name"]]["mean"]
+            by_angle.setdefault(float(entry["angle_deg"]), []).append(value)
+            if entry["axis"] is not None:
+                axes.scatter(entry["angle_deg"], value, color=color, marker=markers[entry["axis"]], s=14, alpha=0.5)
+        if by_angle:
+            angles = sorted(by_angle)
+            axes.plot(angles, [sum(by_angle[a]) / len(by_angle[a]) for a in angles], color=color, marker="o",
+                      label=model["label"])
+        if "random" in scores:
+            axes.axhline(scores["random"]["mean"], color=color, linestyle="--", linewidth=1,
+                         label=f"{model['label']}, random 3D")
+
+    axes.set_xlabel("rotation angle about one axis (degrees); markers: ▲ x, ■ y, ◆ z")
+    axes.set_ylabel("mean Dice over classes")
+    axes.set_ylim(0.0, 1.0)
+    axes.set_title(f"Rotation robustness on {results['settings']['dataset']} (trained upright)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    with atomic_write_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
