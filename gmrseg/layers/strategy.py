@@ -1,0 +1,91 @@
+"""Choice of the forward strategy of a GMR layer from a cost model.
+
+The model estimates the time of each strategy in seconds as a sum of terms
+``multiply-adds (or FFT flops) / throughput`` plus a fixed overhead per call, with
+throughputs per device type. The CPU throughputs were fitted to timings of
+``benchmarks/bench_layer.py`` on a 2-core AMD EPYC (PyTorch 2.13, oneDNN convolutions,
+MKL FFTs); only their ratios matter for the choice. The ring-decomposed strategy
+is never chosen automatically: its depthwise convolution was slower than both
+other strategies in every measured case.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gmrseg.layers.functional import fft_shape
+
+__all__ = ["STRATEGIES", "estimate_costs", "choose_strategy"]
+
+STRATEGIES = ("auto", "dense", "rings", "spectral")
+
+# Throughputs in operations per second: dense convolution multiply-adds, real matrix
+# multiply-adds of the spectral channel mixing, FFT flops (5 N log2 N per complex
+# transform of N points, half that for a real one), and a fixed cost per spectral call.
+_THROUGHPUT = {
+    "cpu": {"dense": 2.0e10, "mix": 1.2e10, "fft": 6.0e9, "overhead": 2e-4},
+    # NOTE: estimates, not measured: cuDNN reaches a large share of the GPU's peak on
+    # dense convolutions, while the spectral path is bound by memory traffic.
+    "cuda": {"dense": 2.0e13, "mix": 2.0e12, "fft": 5.0e11, "overhead": 1e-4},
+}
+
+# "auto" takes the spectral path only when the model predicts it at most this fraction
+# of the dense time, so that a wrong estimate near the break-even point costs little.
+_MARGIN = 0.7
+
+
+def estimate_costs(
+    input_shape: Sequence[int],
+    out_channels: int,
+    kernel_size: int,
+    num_rings: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    device_type: str = "cpu",
+) -> dict[str, float]:
+    """Return the modelled forward time in seconds of ``"dense"`` and ``"spectral"``.
+
+    Args:
+        input_shape: ``(B, C_in, *spatial)`` after any non-zero padding mode is applied.
+        out_channels, kernel_size, num_rings, stride, dilation, groups: the layer's settings.
+        padding: zero padding still to apply.
+        device_type: ``"cpu"``, ``"cuda"`` or another torch device type (modelled as CPU).
+    """
+    throughput = _THROUGHPUT.get(device_type, _THROUGHPUT["cpu"])
+    batch, in_channels = int(input_shape[0]), int(input_shape[1])
+    spatial = [int(size) for size in input_shape[2:]]
+    spatial_dims = len(spatial)
+    reach = dilation * (kernel_size // 2)
+    out_voxels = math.prod((size + 2 * padding - 2 * reach - 1) // stride + 1 for size in spatial)
+    pairs = out_channels * in_channels // groups
+
+    dense = batch * pairs * kernel_size**spatial_dims * out_voxels / throughput["dense"]
+
+    grid = math.prod(fft_shape(tuple(spatial), padding, reach))
+    fft_flops = 2.5 * grid * math.log2(max(grid, 2)) * batch * (in_channels + out_channels)
+    mix = batch * pairs * num_rings * grid / throughput["mix"]
+    spectral = fft_flops / throughput["fft"] + mix + throughput["overhead"]
+    return {"dense": dense, "spectral": spectral}
+
+
+def choose_strategy(
+    input_shape: Sequence[int],
+    out_channels: int,
+    kernel_size: int,
+    num_rings: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    device_type: str = "cpu",
+) -> str:
+    """Return ``"dense"`` or ``"spectral"``, whichever the cost model predicts faster (see ``estimate_costs``)."""
+    if kernel_size == 1:
+        return "dense"
+    costs = estimate_costs(
+        input_shape, out_channels, kernel_size, num_rings, stride, padding, dilation, groups, device_type
+    )
+    return "spectral" if costs["spectral"] < _MARGIN * costs["dense"] else "dense"
