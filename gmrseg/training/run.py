@@ -1,0 +1,286 @@
+"""``gmrseg train``: validate a dataset, plan, and train one fold or all five.
+
+The stages, in order: load the config; check the dataset folder (stop with
+the report when it has problems); plan preprocessing; write the run folder's
+shared files; split the cases into folds; preprocess the cases; train each
+requested fold with ``Trainer``. Under ``torchrun`` every process runs the
+same stages, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gmrseg.errors import InputError
+from gmrseg.training.config import Config, load_config
+from gmrseg.training.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
+from gmrseg.training.rng import seed_everything
+from gmrseg.training.run_folder import build_plans, check_config_matches, read_plans, write_run_files
+from gmrseg.training.splits import NUM_FOLDS, load_or_create_splits
+
+__all__ = ["parse_folds", "resolve_patch_size", "resolve_rotation", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_folds(fold: str | int, num_folds: int = NUM_FOLDS) -> list[int]:
+    """Turn ``--fold`` (``0``..``4`` or ``all``) into a list of fold indices."""
+    text = str(fold).strip().lower()
+    if text == "all":
+        return list(range(num_folds))
+    if text.isdigit() and int(text) < num_folds:
+        return [int(text)]
+    valid = ", ".join(str(index) for index in range(num_folds))
+    raise InputError(f"--fold {fold!r} is invalid; use one of {valid} or 'all'")
+
+
+def resolve_rotation(setting: str | bool, equivariant: bool) -> bool:
+    """Resolve ``augmentation.rotation``: ``"auto"`` rotates only non-equivariant networks."""
+    if setting == "auto":
+        return not equivariant
+    return bool(setting)
+
+
+def resolve_patch_size(setting: list[int] | str, median_shape: list[float], size_divisor: int,
+                       max_patch_size: list[int]) -> list[int]:
+    """Return the patch size: ``setting`` itself, or for ``"auto"`` the median
+    preprocessed shape rounded up to a multiple of ``size_divisor`` and capped
+    at ``max_patch_size`` (rounded down to a multiple, at least one multiple)."""
+    if setting != "auto":
+        return [int(size) for size in setting]
+    sizes = []
+    for median, cap in zip(median_shape, max_patch_size):
+        rounded = -(-int(math.ceil(median)) // size_divisor) * size_divisor
+        capped = max(cap // size_divisor, 1) * size_divisor
+        sizes.append(max(min(rounded, capped), size_divisor))
+    return sizes
+
+
+def _check_dataset(dataset_dir: Path) -> None:
+    """Run the dataset validator; raise with its full report when the dataset has problems."""
+    from gmrseg.data.validation import validate_dataset
+
+    report = validate_dataset(dataset_dir)
+    for warning in report.warnings:
+        logger.warning("%s", warning)
+    if not report.ok:
+        lines = "\n".join(f"  {problem}" for problem in report.problems)
+        raise InputError(
+            f"dataset {dataset_dir} failed validation; fix these problems and run again "
+            f"(gmrseg validate {dataset_dir} prints the same report):\n{lines}\n{report.summary()}"
+        )
+
+
+def _build_network(config: Config, in_channels: int, out_channels: int,
+                   patch_size: list[int] | None = None) -> tuple[torch.nn.Module, bool]:
+    """Build the configured network; check ``patch_size`` against its ``size_divisor`` when given."""
+    from gmrseg.networks.factory import build_network, is_equivariant
+
+    name = config.network.name
+    try:
+        network = build_network(name, in_channels, out_channels, **config.network.kwargs)
+    except TypeError as error:
+        raise InputError(f"config key network.kwargs: {error}") from error
+
+    divisor = int(getattr(network, "size_divisor", 1))
+    if patch_size is not None and any(size % divisor for size in patch_size):
+        suggestion = [-(-size // divisor) * divisor for size in patch_size]
+        raise InputError(
+            f"config key data.patch_size: {patch_size} must be multiples of the network's size_divisor "
+            f"{divisor} ({name} with {config.network.kwargs}); for example {suggestion}"
+        )
+    return network, bool(is_equivariant(name))
+
+
+def _plan(config: Config, spec, run_dir: Path, context: DistributedContext) -> tuple[dict, dict]:
+    """Return ``(preprocessing plan dict, fingerprint)``, reusing ``run_dir/plans.json`` when present."""
+    from gmrseg.data.preprocessing import plan_preprocessing
+
+    existing = read_plans(run_dir)
+    if existing is not None and existing.get("preprocessing") is not None:
+        return existing["preprocessing"], existing.get("fingerprint", {})
+
+    plan_dict, fingerprint = None, None
+    if context.is_main:
+        start = time.perf_counter()
+        plan, fingerprint = plan_preprocessing(spec, isotropic=config.preprocessing.isotropic,
+                                               target_spacing=config.preprocessing.target_spacing,
+                                               orientation=config.preprocessing.orientation)
+        plan_dict = plan.to_dict()
+        logger.info("Planned preprocessing in %.1f s: spacing %s mm, orientation %s", time.perf_counter() - start,
+                    plan_dict["target_spacing"], plan_dict["orientation"])
+    return broadcast_object((plan_dict, fingerprint), context)
+
+
+def _train_fold(
+    fold: int,
+    *,
+    config: Config,
+    plans: dict[str, Any],
+    cases: dict[str, dict[str, Any]],
+    split: dict[str, list[str]],
+    run_dir: Path,
+    context: DistributedContext,
+    resume: bool,
+    quiet: bool,
+) -> dict[str, Any]:
+    from gmrseg.training.trainer import Trainer
+
+    fold_dir = run_dir / f"fold_{fold}"
+    last = fold_dir / "checkpoint_last.pt"
+    if resume and not last.is_file():
+        logger.info("Fold %d has no checkpoint_last.pt; starting it from scratch", fold)
+        resume = False
+    if not resume and last.is_file():
+        raise FileExistsError(
+            f"{last} exists; pass --resume to continue this fold, or train into a new run folder with -o"
+        )
+
+    # Same seed for every fold and process, so all processes build identical weights.
+    seed_everything(config.training.seed)
+    network, equivariant = _build_network(config, plans["in_channels"], len(plans["network_labels"]),
+                                          config.data.patch_size)
+    class_names = [name for name, _ in sorted(plans["network_labels"].items(), key=lambda item: item[1])]
+    rotation = resolve_rotation(config.augmentation.rotation, equivariant)
+    logger.info("Fold %d: %d training and %d validation cases, patch %s, rotation augmentation %s", fold,
+                len(split["train"]), len(split["val"]), config.data.patch_size, "on" if rotation else "off")
+
+    trainer = Trainer(
+        config, network, [cases[case_id] for case_id in split["train"]], [cases[case_id] for case_id in split["val"]],
+        class_names, fold_dir=fold_dir, context=context, rotation=rotation, quiet=quiet,
+        network_info=plans["network"],
+    )
+    summary = trainer.fit(resume=resume)
+    summary["fold_dir"] = str(fold_dir)
+    return summary
+
+
+def train(
+    dataset_dir: str | Path,
+    *,
+    config_path: str | Path | None = None,
+    run_dir: str | Path,
+    fold: str | int = "0",
+    resume: bool = False,
+    device: str = "auto",
+    epochs: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train one fold (or all five) of a dataset folder into a run folder.
+
+    Args:
+        dataset_dir: nnU-Net v2 or Decathlon dataset folder.
+        config_path: YAML config file, preset name (``quick``, ``default``,
+            ``unet_baseline``) or ``None`` for the defaults.
+        run_dir: run folder; created if missing.
+        fold: ``"0"``..``"4"`` or ``"all"``.
+        resume: continue each fold from its ``checkpoint_last.pt`` (folds
+            without one start from scratch).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        epochs: overrides ``training.epochs``.
+        quiet: no progress bars and no epoch lines on the terminal.
+
+    Returns:
+        ``{"run_dir": str, "folds": {fold: summary}}``, where each summary has
+        ``epochs``, ``best_dice_mean``, ``best_epoch``, ``last`` (the final
+        metrics row) and ``fold_dir``.
+
+    Raises:
+        InputError: invalid config, dataset, fold or device, or a run folder
+            created with another config.
+        FileExistsError: a fold already has a checkpoint and ``resume`` is False.
+    """
+    dataset_dir = Path(dataset_dir)
+    run_dir = Path(run_dir)
+    config = load_config(config_path)
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise InputError(f"--epochs must be a positive integer, got {epochs!r}")
+        config.training.epochs = epochs
+        if config.schedule.warmup_epochs >= epochs > 1:
+            raise InputError(f"--epochs {epochs} is not larger than schedule.warmup_epochs "
+                             f"({config.schedule.warmup_epochs}); train longer or shorten the warm-up")
+    folds = parse_folds(fold)
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} not found; is {run_dir} a run folder?")
+    check_config_matches(run_dir, config)
+
+    context = init_distributed(device)
+    try:
+        return _train(dataset_dir, config, run_dir, folds, context, resume=resume, quiet=quiet)
+    finally:
+        shutdown_distributed()
+
+
+def _train(dataset_dir: Path, config: Config, run_dir: Path, folds: list[int], context: DistributedContext, *,
+           resume: bool, quiet: bool) -> dict[str, Any]:
+    from gmrseg.data.dataset import load_dataset
+    from gmrseg.data.lateral import build_lateral_label_map
+    from gmrseg.data.preprocessing import PreprocessingPlan
+    from gmrseg.training.cases import prepare_cases
+
+    # Dataset: validate first, so no time is spent on a folder that cannot train.
+    if context.is_main:
+        _check_dataset(dataset_dir)
+    barrier(context)
+    spec = load_dataset(dataset_dir)
+
+    # Network classes: lateral pairs are merged only for equivariant networks,
+    # which cannot tell left from right.
+    probe, equivariant = _build_network(config, spec.num_channels, 2)
+    label_map = build_lateral_label_map(spec.labels, config.data.label_pairs if equivariant else [])
+
+    # Plans: preprocessing, then the patch size that depends on the preprocessed shapes.
+    plan_dict, fingerprint = _plan(config, spec, run_dir, context)
+    config = copy.deepcopy(config)
+    config.data.patch_size = resolve_patch_size(
+        config.data.patch_size, fingerprint.get("median_resampled_shape", [128, 128, 128]),
+        int(getattr(probe, "size_divisor", 1)), config.data.max_patch_size,
+    )
+    del probe
+    plans = build_plans(
+        plan_dict=plan_dict, fingerprint=fingerprint, label_map=label_map.to_dict(), in_channels=spec.num_channels,
+        channel_names=spec.channel_names, file_ending=spec.file_ending, patch_size=config.data.patch_size,
+        network_name=config.network.name, network_kwargs=dict(config.network.kwargs), equivariant=equivariant,
+    )
+    if context.is_main:
+        write_run_files(run_dir, config, spec.dataset_json, plans)
+    barrier(context)
+
+    # Folds: splits.json is created once and reused by later calls.
+    case_ids = [case.case_id for case in spec.training]
+    splits = load_or_create_splits(run_dir / "splits.json", case_ids, config.training.seed, write=context.is_main)
+    if len(folds) == NUM_FOLDS and len(splits) < NUM_FOLDS:
+        folds = list(range(len(splits)))
+    for index in folds:
+        if index >= len(splits):
+            raise InputError(f"fold {index} does not exist: {run_dir / 'splits.json'} has {len(splits)} fold(s) "
+                             f"(datasets with fewer than {NUM_FOLDS} training cases have one); use --fold 0")
+
+    # Cases: every case the requested folds use, preprocessed once.
+    plan = PreprocessingPlan.from_dict(plan_dict)
+    needed = sorted({case_id for index in folds for case_id in splits[index]["train"] + splits[index]["val"]})
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else None
+    start = time.perf_counter()
+    cases = prepare_cases(spec, needed, plan, label_map.to_network, cache_dir=cache_dir,
+                          quiet=quiet or not context.is_main)
+    logger.info("Preprocessed %d cases in %.1f s", len(cases), time.perf_counter() - start)
+
+    summaries = {}
+    for index in folds:
+        summaries[index] = _train_fold(index, config=config, plans=plans, cases=cases, split=splits[index],
+                                       run_dir=run_dir, context=context, resume=resume, quiet=quiet)
+    return {"run_dir": str(run_dir), "folds": summaries}

@@ -1,0 +1,412 @@
+"""The training loop of one fold: epochs, validation, checkpoints and records.
+
+``Trainer`` receives preprocessed cases and a built network; it knows nothing
+about dataset folders or plans (``gmrseg.training.run`` prepares those).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from monai.inferers import sliding_window_inference
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gmrseg.errors import InputError
+from gmrseg.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from gmrseg.training.config import Config, config_to_dict
+from gmrseg.training.distributed import DistributedContext, all_reduce_mean, barrier
+from gmrseg.training.logs import fold_logging
+from gmrseg.training.losses import build_loss
+from gmrseg.training.optimizer import build_optimizer
+from gmrseg.training.patches import PatchDataset, build_patch_transform, pad_case_for_patches
+from gmrseg.training.progress import plot_progress, write_metrics_csv
+from gmrseg.training.rng import capture_rng_state, restore_rng_state
+from gmrseg.training.schedule import build_scheduler
+
+__all__ = ["CHECKPOINT_FORMAT", "Trainer"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _full_resolution(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Return the full-resolution logits of a network output (deep supervision returns a list)."""
+    if isinstance(output, (list, tuple)):
+        return output[0]
+    return output
+
+
+class Trainer:
+    """Train one fold and keep its checkpoints, metrics and curves.
+
+    Args:
+        config: resolved training config.
+        network: built network (on any device; it is moved to ``context.device``).
+        train_cases: ``{"case_id", "image" (C, X, Y, Z) float, "label"
+            (1, X, Y, Z) int}`` dicts, preprocessed, labels in network classes.
+        val_cases: cases of the same form for validation (may be empty).
+        class_names: names of the network classes, background first.
+        fold_dir: folder for checkpoints, metrics.csv, train.log and
+            progress.png; ``None`` writes nothing (for tests).
+        context: distributed context (single process by default).
+        rotation: apply random rotation augmentation (already resolved from
+            the config's ``"auto"``).
+        quiet: no progress bar and no epoch summaries on the terminal.
+        network_info: ``{"name", "kwargs"}`` stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        network: nn.Module,
+        train_cases: list[dict[str, Any]],
+        val_cases: list[dict[str, Any]],
+        class_names: list[str],
+        *,
+        fold_dir: Path | None,
+        context: DistributedContext | None = None,
+        rotation: bool = False,
+        quiet: bool = False,
+        network_info: dict[str, Any] | None = None,
+    ) -> None:
+        if not train_cases:
+            raise InputError("no training cases in this fold")
+        if len(class_names) < 2:
+            raise InputError(f"need background and at least one foreground class, got {class_names}")
+
+        self.config = config
+        self.context = context or DistributedContext()
+        self.device = self.context.device
+        self.fold_dir = Path(fold_dir) if fold_dir is not None else None
+        self.class_names = list(class_names)
+        self.foreground_names = self.class_names[1:]
+        self.quiet = quiet
+        self.rotation = rotation
+        self.network_info = network_info or {}
+        self.val_cases = val_cases
+        if config.validation.max_cases is not None:
+            self.val_cases = val_cases[: config.validation.max_cases]
+
+        self.network = network.to(self.device)
+        self.model: nn.Module = self.network
+        if self.context.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.network, device_ids=device_ids)
+
+        # Numerics: autocast only on CUDA; float16 needs a gradient scaler.
+        amp = config.training.amp
+        self.amp_dtype = _AMP_DTYPES.get(amp) if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        if config.training.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.training.deterministic
+
+        training = config.training
+        self.total_steps = training.epochs * training.iterations_per_epoch
+        self.optimizer = build_optimizer(self.network, name=config.optim.name, lr=config.optim.lr,
+                                         weight_decay=config.optim.weight_decay, momentum=config.optim.momentum,
+                                         betas=config.optim.betas)
+        schedule = config.schedule
+        self.scheduler = build_scheduler(
+            self.optimizer, name=schedule.name, total_steps=self.total_steps,
+            warmup_steps=schedule.warmup_epochs * training.iterations_per_epoch,
+            warmup_start_factor=schedule.warmup_start_factor, power=schedule.power, min_lr=schedule.min_lr,
+        )
+        self.loss_function = build_loss(config.loss.dice_weight, config.loss.ce_weight, config.loss.batch_dice,
+                                        config.loss.deep_supervision_weights)
+
+        # Patch sampling: each process draws its own patches, seeded by its rank.
+        data = config.data
+        augmentation = config.augmentation
+        padded = [pad_case_for_patches(case, data.patch_size) for case in train_cases]
+        transform = build_patch_transform(
+            data.patch_size, foreground_fraction=data.foreground_fraction, rotation=rotation,
+            rotation_range_deg=augmentation.rotation_range_deg, flip=augmentation.flip, scale=augmentation.scale,
+            scale_range=augmentation.scale_range, intensity=augmentation.intensity,
+            probability=augmentation.probability,
+        )
+        self.patches = PatchDataset(padded, transform, training.iterations_per_epoch * data.batch_size,
+                                    seed=training.seed, rank=self.context.rank)
+
+        self.epoch = 0
+        self.best_metric = -math.inf
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+        self._write = self.context.is_main and self.fold_dir is not None
+
+    # Checkpoints ---------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Return the checkpoint dict (model, optimizer, scheduler, scaler, epoch, history, RNG)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": capture_rng_state(),
+            "class_names": self.class_names,
+            "network": self.network_info,
+            "config": config_to_dict(self.config),
+        }
+
+    def load_state(self, checkpoint: dict[str, Any]) -> None:
+        """Restore a checkpoint written by ``state``."""
+        self.network.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("grad_scaler"):
+            self.scaler.load_state_dict(checkpoint["grad_scaler"])
+        self.epoch = int(checkpoint["epoch"])
+        self.best_metric = float(checkpoint["best_metric"])
+        self.best_epoch = int(checkpoint["best_epoch"])
+        self.history = list(checkpoint["history"])
+        restore_rng_state(checkpoint["rng"])
+
+    def _save(self, name: str) -> None:
+        if self._write:
+            save_checkpoint(self.fold_dir / name, self.state())
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint_last.pt`` in the fold folder.
+
+        Raises:
+            FileNotFoundError: the fold has no checkpoint_last.pt.
+        """
+        if self.fold_dir is None:
+            raise ValueError("resume needs a fold folder")
+        path = self.fold_dir / "checkpoint_last.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: {path} not found; train without --resume to start this fold")
+        if self.context.is_main:
+            for temporary in remove_stale_temporaries(self.fold_dir):
+                logger.warning("Removed %s, left by a checkpoint write that did not finish", temporary)
+
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        stored_classes = list(checkpoint.get("class_names", self.class_names))
+        if stored_classes != self.class_names:
+            raise InputError(f"cannot resume from {path}: it was trained on classes {stored_classes}, "
+                             f"this dataset has {self.class_names}")
+        if checkpoint["scheduler"].get("_step_count", 0) > self.total_steps + 1:
+            logger.warning("The checkpoint has run more iterations than the new total (%d epochs); the learning "
+                           "rate stays at its final value", self.config.training.epochs)
+        self.load_state(checkpoint)
+        logger.info("Resuming from %s after epoch %d", path, self.epoch)
+
+    # Training ------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        """Run one optimizer step on a batch; return its loss."""
+        image = batch["image"].to(self.device, non_blocking=True)
+        label = batch["label"].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+
+        with self._autocast():
+            output = self.model(image)
+            loss = self.loss_function(output, label)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.epoch + 1}; lower optim.lr, keep "
+                "optim.grad_clip > 0, or set training.amp to bfloat16 or none"
+            )
+
+        clip = self.config.optim.grad_clip
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip > 0:
+                nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach().item())
+
+    def _loader(self) -> DataLoader:
+        self.patches.set_epoch(self.epoch)
+        workers = self.config.data.num_workers
+        return DataLoader(
+            self.patches, batch_size=self.config.data.batch_size, shuffle=False, num_workers=workers,
+            pin_memory=self.device.type == "cuda", drop_last=False,
+            # A private generator keeps the loader from drawing on the global torch RNG.
+            generator=torch.Generator().manual_seed(self.config.training.seed + self.epoch),
+            persistent_workers=False,
+        )
+
+    def train_epoch(self) -> float:
+        """Train one epoch; return the mean loss over its iterations (and processes)."""
+        self.model.train()
+        show_bar = not self.quiet and self.context.is_main and sys.stderr.isatty()
+        losses = []
+        with tqdm(self._loader(), total=self.config.training.iterations_per_epoch, disable=not show_bar,
+                  desc=f"epoch {self.epoch + 1}/{self.config.training.epochs}", unit="it", leave=False,
+                  dynamic_ncols=True) as bar:
+            for batch in bar:
+                losses.append(self.train_step(batch))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        return all_reduce_mean(sum(losses) / len(losses), self.context)
+
+    # Validation ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Segment the validation cases with Gaussian-blended sliding windows.
+
+        Returns:
+            ``{"val_loss", "dice_<class>" per foreground class, "dice_mean"}``.
+            A class absent from every reference and prediction has Dice NaN
+            and is left out of the mean.
+        """
+        self.network.eval()
+        num_classes = len(self.class_names)
+        metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+        validation = self.config.validation
+        patch_size = self.config.data.patch_size
+
+        def predictor(window: torch.Tensor) -> torch.Tensor:
+            return _full_resolution(self.network(window))
+
+        losses = []
+        for case in self.val_cases:
+            image = case["image"].float().unsqueeze(0).to(self.device)
+            label = case["label"].long().unsqueeze(0).to(self.device)
+            with self._autocast():
+                logits = sliding_window_inference(image, roi_size=list(patch_size), sw_batch_size=validation.sw_batch_size,
+                                                  predictor=predictor, overlap=validation.overlap, mode="gaussian")
+            logits = logits.float()
+            losses.append(float(self.loss_function(logits, label)))
+            prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes)
+            metric(y_pred=prediction, y=one_hot(label, num_classes))
+
+        dice = metric.aggregate().cpu().tolist()
+        result = {"val_loss": sum(losses) / len(losses)}
+        for name, value in zip(self.foreground_names, dice):
+            result[f"dice_{name}"] = value
+        finite = [value for value in dice if not math.isnan(value)]
+        result["dice_mean"] = sum(finite) / len(finite) if finite else float("nan")
+        self.network.train()
+        return result
+
+    # The loop ------------------------------------------------------------------------------------
+
+    def _record(self, row: dict[str, Any], epoch_logger: logging.Logger) -> None:
+        self.history.append(row)
+        text = f"epoch {row['epoch']}/{self.config.training.epochs}: train loss {row['train_loss']:.4f}"
+        if row.get("dice_mean") is not None:
+            per_class = ", ".join(f"{name} {row[f'dice_{name}']:.4f}" for name in self.foreground_names)
+            text += f", val loss {row['val_loss']:.4f}, Dice mean {row['dice_mean']:.4f} ({per_class})"
+        text += f", lr {row['lr']:.3g}, {row['seconds']:.1f} s"
+        epoch_logger.info(text)
+        if self._write:
+            write_metrics_csv(self.fold_dir / "metrics.csv", self.history, self.foreground_names)
+            plot_progress(self.fold_dir / "progress.png", self.history, self.foreground_names)
+
+    def _run_epochs(self, epoch_logger: logging.Logger,
+                    after_epoch: Callable[["Trainer"], None] | None) -> None:
+        training = self.config.training
+        while self.epoch < training.epochs:
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss = self.train_epoch()
+            self.epoch += 1
+
+            row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
+            is_last = self.epoch == training.epochs
+            if self.val_cases and (self.epoch % self.config.validation.interval == 0 or is_last):
+                if self.context.is_main:
+                    row.update(self.validate())
+                barrier(self.context)
+            row["seconds"] = time.perf_counter() - start
+            self._record(row, epoch_logger)
+
+            improved = row.get("dice_mean") is not None and row["dice_mean"] > self.best_metric
+            if improved:
+                self.best_metric = row["dice_mean"]
+                self.best_epoch = self.epoch
+            if self.epoch % training.checkpoint_interval == 0 or is_last:
+                self._save("checkpoint_last.pt")
+            if improved:
+                self._save("checkpoint_best.pt")
+            barrier(self.context)
+            if after_epoch is not None:
+                after_epoch(self)
+
+    def fit(self, *, resume: bool = False, after_epoch: Callable[["Trainer"], None] | None = None) -> dict[str, Any]:
+        """Train until ``training.epochs`` epochs are done.
+
+        Args:
+            resume: continue from the fold's ``checkpoint_last.pt``.
+            after_epoch: called after each epoch's checkpoint (for tests and
+                callers that poll progress).
+
+        Returns:
+            ``{"epochs", "best_dice_mean", "best_epoch", "last"}`` where
+            ``last`` is the final epoch's metrics row.
+
+        Raises:
+            InputError: CUDA ran out of memory (the message names the settings
+                to lower).
+            KeyboardInterrupt: re-raised after ``checkpoint_last.pt`` is saved.
+        """
+        if self._write:
+            self.fold_dir.mkdir(parents=True, exist_ok=True)
+        with fold_logging(self.fold_dir if self._write else None, quiet=self.quiet,
+                          is_main=self.context.is_main) as epoch_logger:
+            if resume:
+                self.resume()
+            if self.epoch >= self.config.training.epochs:
+                logger.info("Fold already trained for %d epochs; nothing to do (raise --epochs to train longer)",
+                            self.epoch)
+            else:
+                logger.info("Training %d epochs of %d iterations on %s (%d training, %d validation cases)",
+                            self.config.training.epochs - self.epoch, self.config.training.iterations_per_epoch,
+                            self.device, len(self.patches.cases), len(self.val_cases))
+            try:
+                self._run_epochs(epoch_logger, after_epoch)
+            except KeyboardInterrupt:
+                # NOTE: the interrupted epoch restarts on resume from these
+                # weights, so the resumed run is not bit-identical to an
+                # uninterrupted one.
+                if self._write:
+                    self._save("checkpoint_last.pt")
+                    logger.warning("Interrupted during epoch %d; saved %s. Continue with --resume.",
+                                   self.epoch + 1, self.fold_dir / "checkpoint_last.pt")
+                raise
+            except torch.OutOfMemoryError as error:
+                data = self.config.data
+                raise InputError(
+                    f"CUDA out of memory on {self.device} with data.patch_size {data.patch_size} and "
+                    f"data.batch_size {data.batch_size}: lower data.batch_size first, then data.patch_size "
+                    "(each size must stay a multiple of the network's size_divisor), or the network's features; "
+                    "training.amp bfloat16 also saves memory"
+                ) from error
+
+        last = self.history[-1] if self.history else {}
+        return {"epochs": self.epoch, "best_dice_mean": self.best_metric if self.best_epoch > 0 else None,
+                "best_epoch": self.best_epoch if self.best_epoch > 0 else None, "last": last}

@@ -1,0 +1,295 @@
+"""Training loop on tiny synthetic data: resume, checkpoints, interrupts, records."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gmrseg.errors import InputError
+from gmrseg.training import checkpoint as checkpoint_module
+from gmrseg.training.checkpoint import load_checkpoint
+from gmrseg.training.config import config_from_dict
+from gmrseg.training.rng import seed_everything
+from gmrseg.training.trainer import Trainer
+
+CLASS_NAMES = ["background", "left_part", "right_part"]
+
+
+class TinyNet(nn.Module):
+    """Two-level network with an optional half-resolution deep-supervision head."""
+
+    size_divisor = 2
+
+    def __init__(self, deep_supervision: bool = False) -> None:
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        self.encode = nn.Conv3d(1, 4, 3, padding=1)
+        self.head = nn.Conv3d(4, 3, 1)
+        self.coarse_head = nn.Conv3d(4, 3, 1)
+
+    def forward(self, x):
+        features = torch.relu(self.encode(x))
+        logits = self.head(features)
+        if self.training and self.deep_supervision:
+            return [logits, self.coarse_head(nn.functional.avg_pool3d(features, 2))]
+        return logits
+
+
+def make_case(index: int, shape=(18, 20, 16)) -> dict:
+    generator = torch.Generator().manual_seed(index)
+    label = torch.zeros((1, *shape), dtype=torch.int16)
+    label[0, 4:9, 5:12, 4:10] = 1
+    label[0, 9:14, 5:12, 4:10] = 2
+    image = torch.randn((1, *shape), generator=generator) * 0.3 + label.float()
+    return {"case_id": f"case_{index:03d}", "image": image, "label": label}
+
+
+def make_config(**training):
+    values = {
+        "data": {"patch_size": [16, 16, 16], "batch_size": 2, "num_workers": 0},
+        "optim": {"name": "adamw", "lr": 0.01},
+        "schedule": {"name": "cosine", "warmup_epochs": 1},
+        "training": {"epochs": 2, "iterations_per_epoch": 2, "amp": "none", "seed": 3, **training},
+        "validation": {"interval": 1},
+        "augmentation": {"rotation": False},
+    }
+    return config_from_dict(values)
+
+
+def make_trainer(fold_dir, config=None, deep_supervision=True, **kwargs) -> Trainer:
+    config = config or make_config()
+    seed_everything(config.training.seed)
+    network = TinyNet(deep_supervision=deep_supervision)
+    return Trainer(config, network, [make_case(index) for index in range(3)], [make_case(7)], CLASS_NAMES,
+                   fold_dir=fold_dir, quiet=True, **kwargs)
+
+
+def test_fit_writes_fold_files(tmp_path):
+    summary = make_trainer(tmp_path).fit()
+    assert summary["epochs"] == 2
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "metrics.csv", "train.log", "progress.png"):
+        assert (tmp_path / name).is_file(), name
+    assert summary["best_epoch"] in (1, 2)
+
+
+def test_metrics_csv_columns(tmp_path):
+    make_trainer(tmp_path).fit()
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "dice_left_part", "dice_right_part", "dice_mean",
+                             "lr", "seconds"]
+    assert 0.0 <= float(rows[1]["dice_mean"]) <= 1.0
+    assert float(rows[0]["train_loss"]) > 0
+
+
+def test_train_log_has_epoch_lines(tmp_path):
+    make_trainer(tmp_path).fit()
+    text = (tmp_path / "train.log").read_text()
+    assert "epoch 1/2: train loss" in text
+    assert "Dice mean" in text
+
+
+def test_checkpoint_contents_weights_only(tmp_path):
+    make_trainer(tmp_path).fit()
+    checkpoint = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "grad_scaler", "epoch", "best_metric", "rng", "history"):
+        assert key in checkpoint, key
+    assert checkpoint["epoch"] == 2
+    assert set(checkpoint["rng"]) >= {"torch", "numpy", "python", "cuda"}
+
+
+def test_validation_interval_leaves_gaps(tmp_path):
+    config = make_config(epochs=3)
+    config.validation.interval = 2
+    make_trainer(tmp_path, config).fit()
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["dice_mean"] == ""
+    assert rows[1]["dice_mean"] != ""
+    assert rows[2]["dice_mean"] != ""  # the last epoch is always validated
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    straight = make_trainer(tmp_path / "straight")
+    straight.fit()
+
+    first = make_trainer(tmp_path / "split", make_config(epochs=2))
+    first.config.training.epochs = 2
+
+    def stop_after_first(trainer):
+        if trainer.epoch == 1:
+            raise _StopHere
+
+    with pytest.raises(_StopHere):
+        first.fit(after_epoch=stop_after_first)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint_last.pt")["epoch"] == 1
+
+    # A fresh process-like start: other seeds and weights, then resume.
+    torch.manual_seed(999)
+    resumed = make_trainer(tmp_path / "split")
+    resumed.fit(resume=True)
+
+    assert resumed.epoch == 2
+    for name, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[name]), name
+
+
+class _StopHere(Exception):
+    pass
+
+
+def test_resume_without_checkpoint_fails(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint_last.pt"):
+        make_trainer(tmp_path).fit(resume=True)
+
+
+def test_resume_with_other_classes_fails(tmp_path):
+    make_trainer(tmp_path).fit()
+    config = make_config()
+    seed_everything(0)
+    trainer = Trainer(config, TinyNet(), [make_case(0)], [], ["background", "a", "b"], fold_dir=tmp_path, quiet=True)
+    with pytest.raises(InputError, match="classes"):
+        trainer.fit(resume=True)
+
+
+def test_keyboard_interrupt_saves_last(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, make_config(epochs=3))
+    calls = {"count": 0}
+    original = Trainer.train_step
+
+    def interrupt_on_fourth(self, batch):
+        calls["count"] += 1
+        if calls["count"] == 4:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupt_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+    checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert checkpoint["epoch"] == 1
+    # The saved weights are those at the interruption, one step after epoch 1.
+    for name, value in trainer.network.state_dict().items():
+        assert torch.equal(value, checkpoint["model"][name]), name
+    assert "Interrupted during epoch 2" in (tmp_path / "train.log").read_text()
+
+
+def test_out_of_memory_names_settings(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path)
+
+    def out_of_memory(self, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_step", out_of_memory)
+    with pytest.raises(InputError) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "data.batch_size" in message
+    assert "data.patch_size" in message
+
+
+def test_nonfinite_loss_raises(tmp_path):
+    trainer = make_trainer(tmp_path)
+    with torch.no_grad():
+        trainer.network.encode.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="optim.lr"):
+        trainer.fit()
+
+
+def test_without_validation_cases(tmp_path):
+    seed_everything(0)
+    trainer = Trainer(make_config(), TinyNet(), [make_case(0)], [], CLASS_NAMES, fold_dir=tmp_path, quiet=True)
+    summary = trainer.fit()
+    assert summary["best_epoch"] is None
+    assert (tmp_path / "checkpoint_last.pt").is_file()
+    assert not (tmp_path / "checkpoint_best.pt").exists()
+
+
+def test_sgd_and_poly_schedule(tmp_path):
+    config = make_config()
+    config.optim.name = "sgd"
+    config.schedule.name = "poly"
+    trainer = make_trainer(tmp_path, config, deep_supervision=False)
+    trainer.fit()
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert trainer.optimizer.param_groups[0]["nesterov"] is True
+
+
+def test_rotation_augmentation_runs(tmp_path):
+    config = make_config(epochs=1)
+    config.augmentation.probability = 1.0
+    trainer = make_trainer(tmp_path, config, rotation=True)
+    assert trainer.fit()["epochs"] == 1
+
+
+_KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from gmrseg.training import checkpoint
+from test_training_trainer import make_config, make_trainer
+
+marker = Path({marker!r})
+writes = {{"count": 0}}
+
+def slow_write(temporary):
+    writes["count"] += 1
+    if writes["count"] == 3:  # epoch 1 writes last and best; the third write is epoch 2's last
+        marker.write_text(str(temporary))
+        time.sleep(60)
+
+checkpoint._before_rename = slow_write
+make_trainer(Path({fold!r}), make_config(epochs=3)).fit()
+"""
+
+
+def test_sigkill_during_checkpoint_write_resumes(tmp_path):
+    fold_dir = tmp_path / "fold_0"
+    marker = tmp_path / "writing"
+    script = _KILL_SCRIPT.format(tests=str(Path(__file__).parent), marker=str(marker), fold=str(fold_dir))
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            if process.poll() is not None:
+                pytest.fail(f"training process ended early: {process.stdout.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the checkpoint write was not reached within 120 s")
+            time.sleep(0.1)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    temporary = Path(marker.read_text())
+    assert temporary.is_file()  # the killed write left its temporary file ...
+    assert load_checkpoint(fold_dir / "checkpoint_last.pt")["epoch"] == 1  # ... and the old checkpoint intact
+
+    resumed = make_trainer(fold_dir, make_config(epochs=3))
+    resumed.fit(resume=True)
+    assert resumed.epoch == 3
+    assert not temporary.exists()
+    assert load_checkpoint(fold_dir / "checkpoint_last.pt")["epoch"] == 3
+
+
+def test_corrupt_checkpoint_message(tmp_path):
+    path = tmp_path / "checkpoint_last.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot be read"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_hook_reset():
+    assert checkpoint_module._before_rename is None
