@@ -20,38 +20,7 @@ from gmrseg.training.checkpoint import load_checkpoint
 from gmrseg.training.config import config_from_dict
 from gmrseg.training.rng import seed_everything
 from gmrseg.training.trainer import Trainer
-
-CLASS_NAMES = ["background", "left_part", "right_part"]
-
-
-class TinyNet(nn.Module):
-    """Two-level network with an optional half-resolution deep-supervision head."""
-
-    size_divisor = 2
-
-    def __init__(self, deep_supervision: bool = False) -> None:
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.encode = nn.Conv3d(1, 4, 3, padding=1)
-        self.head = nn.Conv3d(4, 3, 1)
-        self.coarse_head = nn.Conv3d(4, 3, 1)
-
-    def forward(self, x):
-        features = torch.relu(self.encode(x))
-        logits = self.head(features)
-        if self.training and self.deep_supervision:
-            return [logits, self.coarse_head(nn.functional.avg_pool3d(features, 2))]
-        return logits
-
-
-def make_case(index: int, shape=(18, 20, 16)) -> dict:
-    generator = torch.Generator().manual_seed(index)
-    label = torch.zeros((1, *shape), dtype=torch.int16)
-    label[0, 4:9, 5:12, 4:10] = 1
-    label[0, 9:14, 5:12, 4:10] = 2
-    image = torch.randn((1, *shape), generator=generator) * 0.3 + label.float()
-    return {"case_id": f"case_{index:03d}", "image": image, "label": label}
-
+from training_helpers import CLASS_NAMES, TinyNet, build_tiny_datasets, write_tiny_dataset
 
 def make_config(**training):
     values = {
@@ -65,12 +34,28 @@ def make_config(**training):
     return config_from_dict(values)
 
 
-def make_trainer(fold_dir, config=None, deep_supervision=True, **kwargs) -> Trainer:
+_DATASETS = {}
+
+
+def tiny_datasets(rotation: bool = False):
+    """Build the tiny datasets once per test session (they are read-only)."""
+    if rotation not in _DATASETS:
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="gmrseg_training_"))
+        write_tiny_dataset(root / "dataset")
+        _DATASETS[rotation] = build_tiny_datasets(root / "dataset", root / "cache", rotation=rotation,
+                                                  probability=1.0 if rotation else 0.2)
+    return _DATASETS[rotation]
+
+
+def make_trainer(fold_dir, config=None, deep_supervision=True, rotation=False, val=True) -> Trainer:
     config = config or make_config()
     seed_everything(config.training.seed)
     network = TinyNet(deep_supervision=deep_supervision)
-    return Trainer(config, network, [make_case(index) for index in range(3)], [make_case(7)], CLASS_NAMES,
-                   fold_dir=fold_dir, quiet=True, **kwargs)
+    train_dataset, val_dataset = tiny_datasets(rotation)
+    return Trainer(config, network, train_dataset, val_dataset if val else [], CLASS_NAMES, fold_dir=fold_dir,
+                   quiet=True)
 
 
 def test_fit_writes_fold_files(tmp_path):
@@ -86,8 +71,8 @@ def test_metrics_csv_columns(tmp_path):
     with open(tmp_path / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "dice_left_part", "dice_right_part", "dice_mean",
-                             "lr", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "dice_head", "dice_tail", "dice_mean", "lr",
+                             "seconds"]
     assert 0.0 <= float(rows[1]["dice_mean"]) <= 1.0
     assert float(rows[0]["train_loss"]) > 0
 
@@ -155,9 +140,9 @@ def test_resume_without_checkpoint_fails(tmp_path):
 
 def test_resume_with_other_classes_fails(tmp_path):
     make_trainer(tmp_path).fit()
-    config = make_config()
-    seed_everything(0)
-    trainer = Trainer(config, TinyNet(), [make_case(0)], [], ["background", "a", "b"], fold_dir=tmp_path, quiet=True)
+    train_dataset, _ = tiny_datasets()
+    trainer = Trainer(make_config(), TinyNet(), train_dataset, [], ["background", "a", "b"], fold_dir=tmp_path,
+                      quiet=True)
     with pytest.raises(InputError, match="classes"):
         trainer.fit(resume=True)
 
@@ -208,8 +193,7 @@ def test_nonfinite_loss_raises(tmp_path):
 
 
 def test_without_validation_cases(tmp_path):
-    seed_everything(0)
-    trainer = Trainer(make_config(), TinyNet(), [make_case(0)], [], CLASS_NAMES, fold_dir=tmp_path, quiet=True)
+    trainer = make_trainer(tmp_path, val=False)
     summary = trainer.fit()
     assert summary["best_epoch"] is None
     assert (tmp_path / "checkpoint_last.pt").is_file()
@@ -228,9 +212,27 @@ def test_sgd_and_poly_schedule(tmp_path):
 
 def test_rotation_augmentation_runs(tmp_path):
     config = make_config(epochs=1)
-    config.augmentation.probability = 1.0
     trainer = make_trainer(tmp_path, config, rotation=True)
     assert trainer.fit()["epochs"] == 1
+
+
+def test_same_patches_whatever_the_workers(tmp_path):
+    config = make_config()
+    loader_batches = []
+    for workers in (0, 2):
+        config.data.num_workers = workers
+        trainer = make_trainer(tmp_path / str(workers), config)
+        loader_batches.append([batch["image"] for batch in trainer._loader()])
+    for single, parallel in zip(*loader_batches):
+        assert torch.equal(single, parallel)
+
+
+def test_epochs_draw_different_patches(tmp_path):
+    trainer = make_trainer(tmp_path)
+    first = next(iter(trainer._loader()))["image"]
+    trainer.epoch = 1
+    second = next(iter(trainer._loader()))["image"]
+    assert not torch.equal(first, second)
 
 
 _KILL_SCRIPT = """

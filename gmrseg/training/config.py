@@ -77,7 +77,8 @@ class DataConfig:
         foreground_fraction: probability that a patch is centred on a
             foreground voxel rather than anywhere in the volume.
         num_workers: data loader worker processes (0 loads in the main process).
-        cache_dir: folder for preprocessed cases; ``null`` keeps them in memory.
+        cache_dir: folder for preprocessed cases, reused by later folds and
+            runs with the same plan; ``null`` uses ``RUN_DIR/preprocessed``.
         label_pairs: ``[left_name, right_name]`` label pairs that mirror each
             other across the sagittal midline. A rotation-equivariant network
             cannot tell them apart, so each pair is merged into one network

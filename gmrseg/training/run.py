@@ -4,7 +4,8 @@ The stages, in order: load the config; check the dataset folder (stop with
 the report when it has problems); plan preprocessing; write the run folder's
 shared files; split the cases into folds; preprocess the cases; train each
 requested fold with ``Trainer``. Under ``torchrun`` every process runs the
-same stages, and only rank 0 writes files.
+same stages; rank 0 writes the run files and logs, and every process
+fills the shared preprocessed cache (atomic writes, so they never clash).
 """
 
 from __future__ import annotations
@@ -125,18 +126,34 @@ def _plan(config: Config, spec, run_dir: Path, context: DistributedContext) -> t
     return broadcast_object((plan_dict, fingerprint), context)
 
 
+def _flip_axes(labels: dict[str, int], merged: bool) -> tuple[int, ...]:
+    """Return the axes to flip: not x (left-right in RAS) when lateral labels stay separate classes."""
+    from gmrseg.data.lateral import detect_label_pairs
+
+    if merged:
+        return (0, 1, 2)
+    try:
+        lateral = bool(detect_label_pairs(labels))
+    except InputError:
+        lateral = True  # a lone left or right label is lateral too
+    return (1, 2) if lateral else (0, 1, 2)
+
+
 def _train_fold(
     fold: int,
     *,
     config: Config,
     plans: dict[str, Any],
-    cases: dict[str, dict[str, Any]],
+    spec,
+    plan,
+    label_map,
     split: dict[str, list[str]],
     run_dir: Path,
     context: DistributedContext,
     resume: bool,
     quiet: bool,
 ) -> dict[str, Any]:
+    from gmrseg.data.transforms import build_datasets
     from gmrseg.training.trainer import Trainer
 
     fold_dir = run_dir / f"fold_{fold}"
@@ -154,15 +171,31 @@ def _train_fold(
     network, equivariant = _build_network(config, plans["in_channels"], len(plans["network_labels"]),
                                           config.data.patch_size)
     class_names = [name for name, _ in sorted(plans["network_labels"].items(), key=lambda item: item[1])]
-    rotation = resolve_rotation(config.augmentation.rotation, equivariant)
-    logger.info("Fold %d: %d training and %d validation cases, patch %s, rotation augmentation %s", fold,
-                len(split["train"]), len(split["val"]), config.data.patch_size, "on" if rotation else "off")
 
-    trainer = Trainer(
-        config, network, [cases[case_id] for case_id in split["train"]], [cases[case_id] for case_id in split["val"]],
-        class_names, fold_dir=fold_dir, context=context, rotation=rotation, quiet=quiet,
-        network_info=plans["network"],
+    # Datasets: preprocessed once into the cache, random patches with the configured augmentation.
+    augmentation = config.augmentation
+    rotation = resolve_rotation(augmentation.rotation, equivariant)
+    by_id = {case.case_id: case for case in spec.training}
+    val_ids = split["val"][: config.validation.max_cases] if config.validation.max_cases else split["val"]
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "preprocessed"
+    train_dataset, val_dataset = build_datasets(
+        [by_id[case_id] for case_id in split["train"]], [by_id[case_id] for case_id in val_ids], plan, cache_dir,
+        patch_size=config.data.patch_size, num_classes=len(class_names), label_values=spec.labels,
+        label_transform=label_map.merge,
+        augmentation={
+            "foreground_fraction": config.data.foreground_fraction, "rotation": rotation,
+            "rotation_range_deg": augmentation.rotation_range_deg, "flip": augmentation.flip,
+            "flip_axes": _flip_axes(spec.labels, merged=bool(label_map.pairs)), "scale": augmentation.scale,
+            "scale_range": augmentation.scale_range, "intensity": augmentation.intensity,
+            "probability": augmentation.probability,
+        },
+        seed=config.training.seed, progress=not quiet and context.is_main,
     )
+    logger.info("Fold %d: %d training and %d validation cases, patch %s, rotation augmentation %s", fold,
+                len(split["train"]), len(val_ids), config.data.patch_size, "on" if rotation else "off")
+
+    trainer = Trainer(config, network, train_dataset, val_dataset, class_names, fold_dir=fold_dir, context=context,
+                      quiet=quiet, network_info=plans["network"])
     summary = trainer.fit(resume=resume)
     summary["fold_dir"] = str(fold_dir)
     return summary
@@ -230,7 +263,6 @@ def _train(dataset_dir: Path, config: Config, run_dir: Path, folds: list[int], c
     from gmrseg.data.dataset import load_dataset
     from gmrseg.data.lateral import build_lateral_label_map
     from gmrseg.data.preprocessing import PreprocessingPlan
-    from gmrseg.training.cases import prepare_cases
 
     # Dataset: validate first, so no time is spent on a folder that cannot train.
     if context.is_main:
@@ -270,17 +302,10 @@ def _train(dataset_dir: Path, config: Config, run_dir: Path, folds: list[int], c
             raise InputError(f"fold {index} does not exist: {run_dir / 'splits.json'} has {len(splits)} fold(s) "
                              f"(datasets with fewer than {NUM_FOLDS} training cases have one); use --fold 0")
 
-    # Cases: every case the requested folds use, preprocessed once.
     plan = PreprocessingPlan.from_dict(plan_dict)
-    needed = sorted({case_id for index in folds for case_id in splits[index]["train"] + splits[index]["val"]})
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else None
-    start = time.perf_counter()
-    cases = prepare_cases(spec, needed, plan, label_map.to_network, cache_dir=cache_dir,
-                          quiet=quiet or not context.is_main)
-    logger.info("Preprocessed %d cases in %.1f s", len(cases), time.perf_counter() - start)
-
     summaries = {}
     for index in folds:
-        summaries[index] = _train_fold(index, config=config, plans=plans, cases=cases, split=splits[index],
-                                       run_dir=run_dir, context=context, resume=resume, quiet=quiet)
+        summaries[index] = _train_fold(index, config=config, plans=plans, spec=spec, plan=plan, label_map=label_map,
+                                       split=splits[index], run_dir=run_dir, context=context, resume=resume,
+                                       quiet=quiet)
     return {"run_dir": str(run_dir), "folds": summaries}

@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -19,7 +19,7 @@ from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gmrseg.errors import InputError
@@ -29,7 +29,7 @@ from gmrseg.training.distributed import DistributedContext, all_reduce_mean, bar
 from gmrseg.training.logs import fold_logging
 from gmrseg.training.losses import build_loss
 from gmrseg.training.optimizer import build_optimizer
-from gmrseg.training.patches import PatchDataset, build_patch_transform, pad_case_for_patches
+from gmrseg.training.patches import SeededPatchDataset
 from gmrseg.training.progress import plot_progress, write_metrics_csv
 from gmrseg.training.rng import capture_rng_state, restore_rng_state
 from gmrseg.training.schedule import build_scheduler
@@ -55,15 +55,16 @@ class Trainer:
     Args:
         config: resolved training config.
         network: built network (on any device; it is moved to ``context.device``).
-        train_cases: ``{"case_id", "image" (C, X, Y, Z) float, "label"
-            (1, X, Y, Z) int}`` dicts, preprocessed, labels in network classes.
-        val_cases: cases of the same form for validation (may be empty).
+        train_dataset: one item per training case, each access a new random
+            patch ``{"image" (C, X, Y, Z) float, "label" (1, X, Y, Z) int}``
+            with labels in network classes; its MONAI ``transform`` is
+            reseeded per patch (see ``SeededPatchDataset``). Augmentation is
+            part of that transform (``gmrseg.data.transforms.build_datasets``).
+        val_dataset: whole preprocessed cases of the same form (may be empty).
         class_names: names of the network classes, background first.
         fold_dir: folder for checkpoints, metrics.csv, train.log and
             progress.png; ``None`` writes nothing (for tests).
         context: distributed context (single process by default).
-        rotation: apply random rotation augmentation (already resolved from
-            the config's ``"auto"``).
         quiet: no progress bar and no epoch summaries on the terminal.
         network_info: ``{"name", "kwargs"}`` stored in checkpoints.
     """
@@ -72,17 +73,16 @@ class Trainer:
         self,
         config: Config,
         network: nn.Module,
-        train_cases: list[dict[str, Any]],
-        val_cases: list[dict[str, Any]],
+        train_dataset: Dataset,
+        val_dataset: Sequence[dict[str, Any]],
         class_names: list[str],
         *,
         fold_dir: Path | None,
         context: DistributedContext | None = None,
-        rotation: bool = False,
         quiet: bool = False,
         network_info: dict[str, Any] | None = None,
     ) -> None:
-        if not train_cases:
+        if len(train_dataset) == 0:
             raise InputError("no training cases in this fold")
         if len(class_names) < 2:
             raise InputError(f"need background and at least one foreground class, got {class_names}")
@@ -94,11 +94,8 @@ class Trainer:
         self.class_names = list(class_names)
         self.foreground_names = self.class_names[1:]
         self.quiet = quiet
-        self.rotation = rotation
         self.network_info = network_info or {}
-        self.val_cases = val_cases
-        if config.validation.max_cases is not None:
-            self.val_cases = val_cases[: config.validation.max_cases]
+        self.val_cases = val_dataset
 
         self.network = network.to(self.device)
         self.model: nn.Module = self.network
@@ -130,17 +127,8 @@ class Trainer:
                                         config.loss.deep_supervision_weights)
 
         # Patch sampling: each process draws its own patches, seeded by its rank.
-        data = config.data
-        augmentation = config.augmentation
-        padded = [pad_case_for_patches(case, data.patch_size) for case in train_cases]
-        transform = build_patch_transform(
-            data.patch_size, foreground_fraction=data.foreground_fraction, rotation=rotation,
-            rotation_range_deg=augmentation.rotation_range_deg, flip=augmentation.flip, scale=augmentation.scale,
-            scale_range=augmentation.scale_range, intensity=augmentation.intensity,
-            probability=augmentation.probability,
-        )
-        self.patches = PatchDataset(padded, transform, training.iterations_per_epoch * data.batch_size,
-                                    seed=training.seed, rank=self.context.rank)
+        self.patches = SeededPatchDataset(train_dataset, training.iterations_per_epoch * config.data.batch_size,
+                                          seed=training.seed, rank=self.context.rank)
 
         self.epoch = 0
         self.best_metric = -math.inf
@@ -293,9 +281,12 @@ class Trainer:
             return _full_resolution(self.network(window))
 
         losses = []
-        for case in self.val_cases:
-            image = case["image"].float().unsqueeze(0).to(self.device)
-            label = case["label"].long().unsqueeze(0).to(self.device)
+        for index in range(len(self.val_cases)):
+            case = self.val_cases[index]
+            image = torch.as_tensor(case["image"]).float().unsqueeze(0).to(self.device)
+            label = torch.as_tensor(case["label"]).long().unsqueeze(0).to(self.device)
+            if hasattr(image, "as_tensor"):
+                image, label = image.as_tensor(), label.as_tensor()
             with self._autocast():
                 logits = sliding_window_inference(image, roi_size=list(patch_size), sw_batch_size=validation.sw_batch_size,
                                                   predictor=predictor, overlap=validation.overlap, mode="gaussian")
@@ -338,7 +329,7 @@ class Trainer:
 
             row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
             is_last = self.epoch == training.epochs
-            if self.val_cases and (self.epoch % self.config.validation.interval == 0 or is_last):
+            if len(self.val_cases) > 0 and (self.epoch % self.config.validation.interval == 0 or is_last):
                 if self.context.is_main:
                     row.update(self.validate())
                 barrier(self.context)
@@ -386,7 +377,7 @@ class Trainer:
             else:
                 logger.info("Training %d epochs of %d iterations on %s (%d training, %d validation cases)",
                             self.config.training.epochs - self.epoch, self.config.training.iterations_per_epoch,
-                            self.device, len(self.patches.cases), len(self.val_cases))
+                            self.device, self.patches.num_cases, len(self.val_cases))
             try:
                 self._run_epochs(epoch_logger, after_epoch)
             except KeyboardInterrupt:
