@@ -215,10 +215,12 @@ def find_symmetry_breaking_layers(model: nn.Module) -> list[LayerNote]:
     - a dense convolution with a kernel larger than 1 has a free kernel;
     - a transposed convolution with a kernel larger than 1 has a free kernel, and
       one with stride > 1 and kernel 1 places its inputs on one corner of each cell;
-    - a GMR layer or pooling window with stride 2 keeps the symmetry only when
-      the window straddles the flip centre consistently: an odd window on odd
-      sizes, an even window (equal to the stride) on even sizes. The report
-      names these so the caller can choose input sizes to suit.
+    - a GMR layer or pooling window with an odd kernel and stride ``s > 1`` keeps
+      the symmetry only when the input size is ``1 + a multiple of s`` (then the
+      first and last windows are centred on the first and last voxels). The report
+      names these so the caller can choose input sizes to suit. A pooling window
+      equal to its stride (2x2x2 cells) needs sizes that are multiples of the
+      stride, which ``size_divisor`` already states, so it is not listed.
 
     Args:
         model: any network.
@@ -249,13 +251,25 @@ def find_symmetry_breaking_layers(model: nn.Module) -> list[LayerNote]:
                 )
             )
         elif isinstance(module, _POOL_TYPES):
-            window = _as_tuple(module.kernel_size)
-            stride = _as_tuple(module.stride if module.stride is not None else module.kernel_size)
-            if window != stride or any(side % 2 == 1 for side in window if side > 1):
-                notes.append(
-                    LayerNote(name, kind, f"pooling window {window} with stride {stride} overlaps or is off-centre")
-                )
+            reason = _pooling_reason(module)
+            if reason is not None:
+                notes.append(LayerNote(name, kind, reason))
     return notes
+
+
+def _pooling_reason(pool: nn.Module) -> str | None:
+    """Return why a pooling layer breaks the symmetries, or None when its windows map onto each other."""
+    window = _as_tuple(pool.kernel_size)
+    stride = _as_tuple(pool.stride if pool.stride else pool.kernel_size)
+    if len(set(window)) > 1 or len(set(stride)) > 1:
+        return f"anisotropic pooling window {window} or stride {stride}"
+    if window == stride:
+        return None  # non-overlapping cells tile the grid when the size is a multiple of the stride
+    if stride[0] == 1:
+        return None if window[0] % 2 == 1 else f"even pooling window {window[0]} with stride 1 is off-centre"
+    if window[0] % 2 == 0:
+        return f"even pooling window {window[0]} with stride {stride[0]} is off-centre"
+    return f"pooling window {window[0]} with stride {stride[0]}: symmetric only when the input size is 1 + a multiple of {stride[0]}"
 
 
 def _target_kernel_size(conv: nn.Module, kernel_size: int | None) -> tuple[int, str | None]:

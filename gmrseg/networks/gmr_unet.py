@@ -42,6 +42,7 @@ POOLING_TYPES = ("max", "avg")
 UPSAMPLE_MODES = ("linear", "nearest")
 INPUT_PADDING_MODES = ("symmetric", "error")
 
+_DEFAULT_KERNEL_SIZES = (9, 7, 5, 5, 3)
 _DEFAULT_NORM = ("instance", {"affine": True})
 _DEFAULT_ACT = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
 
@@ -184,7 +185,8 @@ class GMRUNet(nn.Module):
         features: channels per level, at least two levels. The default is the
             nnU-Net 3D width capped at 320 over five levels.
         kernel_sizes: odd kernel size per level, in voxels, or one int for all
-            levels. Large kernels at fine levels are cheap in parameters for GMR
+            levels. ``None`` means ``(9, 7, 5, 5, 3)``, cut to the number of levels
+            (and extended with 3 for more than five). Large kernels at fine levels are cheap in parameters for GMR
             (a 9x9x9 kernel has 5 weights per channel pair) but not in compute:
             the default dense forward strategy still costs ``k**3`` multiply-adds
             per voxel and channel pair, so small machines may prefer smaller sizes.
@@ -229,7 +231,7 @@ class GMRUNet(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         features: Sequence[int] = (32, 64, 128, 256, 320),
-        kernel_sizes: Sequence[int] | int = (9, 7, 5, 5, 3),
+        kernel_sizes: Sequence[int] | int | None = None,
         conv: str = "gmr",
         residual: bool = False,
         deep_supervision: bool = False,
@@ -413,6 +415,8 @@ def _validate_levels(features, kernel_sizes) -> tuple[tuple[int, ...], tuple[int
     features = tuple(features)
     if len(features) < 2 or not all(isinstance(value, int) and value > 0 for value in features):
         raise InputError(f"GMRUNet: features must hold at least two positive ints (one per level), got {features!r}")
+    if kernel_sizes is None:
+        kernel_sizes = (_DEFAULT_KERNEL_SIZES + (3,) * len(features))[: len(features)]
     if isinstance(kernel_sizes, int):
         kernel_sizes = (kernel_sizes,) * len(features)
     if isinstance(kernel_sizes, (str, bytes)) or not isinstance(kernel_sizes, Sequence):
