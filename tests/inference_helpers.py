@@ -1,11 +1,11 @@
 """Helpers for the inference tests: run folders, NIfTI files and a marker network.
 
 The marker network returns logits that depend only on the voxel's own
-intensity: class ``k`` wins where the intensity is closest to ``k``. With
-normalization ``none`` and the input's own spacing as target spacing, the
-predicted segmentation of an image of integer class values must equal the
-image voxel for voxel, so any flip, permutation or shift in the pipeline shows
-up as a mismatch.
+intensity: class ``k`` wins where the intensity is closest to ``k``. Use it
+with normalization ``none`` and the input's own spacing as target spacing.
+The predicted segmentation of an image of integer class values must then
+equal the image voxel for voxel, and any flip, permutation or shift in the
+pipeline shows up as a mismatch.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Outputs of gmrseg predict keep the input's grid and voxel alignment in every orientation.
 
 The marker network (see inference_helpers) segments a voxel by its own
-intensity, so with the input's spacing as target spacing the output must equal
-the input's integer pattern exactly: a left-right flip, an axis swap or a
-one-voxel shift anywhere in read, reorient, crop, window, restore or write
+intensity. With the input's spacing as target spacing, the output must then
+equal the input's integer pattern exactly. A left-right flip, an axis swap or
+a one-voxel shift anywhere in read, reorient, crop, window, restore or write
 would change it.
 """
 
@@ -61,7 +61,7 @@ def test_marker_output_matches_input_voxels(tmp_path, monkeypatch, name):
         MarkerNetwork(1, 3),
         network_name="marker",
         labels=labels,
-        patch_size=(16, 16, 8),
+        patch_size=(24, 24, 8),
         target_spacing=oriented_spacing(affine),
     )
     pattern = _pattern(shape, seed=len(name))

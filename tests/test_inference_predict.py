@@ -75,12 +75,22 @@ def test_bad_file_skipped_others_written(tmp_path, run, caplog):
     assert "broken" in caplog.text
 
 
-def test_cli_exit_code_non_zero_when_a_case_fails(tmp_path, run):
+def test_cli_exit_code_on_failure(tmp_path, run):
     from gmrseg.cli import main
 
     save_nifti(tmp_path / "in" / "good.nii.gz", _pattern(), AFFINE)
     (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not a nifti file")
     assert main(["predict", "-m", str(run), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 1
+    assert (tmp_path / "out" / "good.nii.gz").exists()
+
+
+def test_4d_file_for_one_channel_model_fails(tmp_path, run, caplog):
+    save_nifti(tmp_path / "in" / "good.nii.gz", _pattern(), AFFINE)
+    save_nifti(tmp_path / "in" / "four_d.nii.gz", np.stack([_pattern(), _pattern()], axis=-1), AFFINE)
+    with caplog.at_level(logging.ERROR):
+        assert predict(run, tmp_path / "in", tmp_path / "out", device="cpu") == 1
+    assert "four_d" in caplog.text
+    assert not (tmp_path / "out" / "four_d.nii.gz").exists()
     assert (tmp_path / "out" / "good.nii.gz").exists()
 
 
