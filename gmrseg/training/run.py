@@ -93,8 +93,8 @@ def _build_network(config: Config, in_channels: int, out_channels: int,
     name = config.network.name
     try:
         network = build_network(name, in_channels, out_channels, **config.network.kwargs)
-    except TypeError as error:
-        raise InputError(f"config key network.kwargs: {error}") from error
+    except (InputError, TypeError) as error:
+        raise InputError(f"config keys network.name / network.kwargs: {error}") from error
 
     divisor = int(getattr(network, "size_divisor", 1))
     if patch_size is not None and any(size % divisor for size in patch_size):
@@ -250,6 +250,12 @@ def train(
     if resume and not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} not found; is {run_dir} a run folder?")
     check_config_matches(run_dir, config)
+    if not resume:
+        for index in folds:
+            last = run_dir / f"fold_{index}" / "checkpoint_last.pt"
+            if last.is_file():
+                raise FileExistsError(f"{last} exists; pass --resume to continue fold {index}, or train into a new "
+                                      "run folder with -o")
 
     context = init_distributed(device)
     try:
