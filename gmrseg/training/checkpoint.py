@@ -20,7 +20,7 @@ from gmrseg.utils.files import atomic_write_path
 __all__ = ["load_checkpoint", "remove_stale_temporaries", "save_checkpoint"]
 
 # Called with the temporary path after the data is written and before the
-# rename; tests replace it to simulate a crash in the middle of a write.
+# rename. Tests set it to simulate a crash in the middle of a write.
 _before_rename: Callable[[Path], None] | None = None
 
 

@@ -272,8 +272,8 @@ def _type_name(annotation: Any) -> str:
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a type annotation; return it in canonical form.
 
-    Ints are accepted where floats are expected, never the reverse, and bools
-    are not ints here although Python says they are.
+    Ints are accepted where floats are expected, never the reverse. Bools are
+    rejected where ints are expected, although ``bool`` subclasses ``int``.
     """
     origin = typing.get_origin(annotation)
 

@@ -1,7 +1,7 @@
 """DistributedDataParallel setup for runs started by ``torchrun``.
 
-``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; when they are
-absent (or the world size is 1) training runs in a single process and every
+``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``. When they are
+absent, or the world size is 1, training runs in a single process and every
 helper here is a no-op. NCCL is used on CUDA devices and gloo on the CPU.
 """
 
@@ -23,7 +23,7 @@ __all__ = ["DistributedContext", "all_reduce_mean", "barrier", "broadcast_object
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process sits in the job.
+    """Rank, world size and device of this process.
 
     Attributes:
         rank: global process index (0 writes files and logs).

@@ -2,7 +2,7 @@
 
 Every ``gmrseg`` log record emitted while a fold trains is copied into
 ``FOLD_DIR/train.log``. Epoch summaries go to the ``gmrseg.training.epochs``
-logger, which writes to ``train.log`` and, unless ``quiet``, to stderr; it
+logger, which writes to ``train.log`` and, unless ``quiet``, to stderr. It
 does not propagate, so ``--quiet`` hides them on the terminal only.
 """
 

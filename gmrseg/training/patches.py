@@ -3,9 +3,9 @@
 ``gmrseg.data.transforms.build_datasets`` returns a training dataset whose
 items are random patches drawn with its transform's random state. This
 wrapper reseeds that transform before every item from (seed, rank, epoch,
-index), so an epoch yields the same patches whatever the number of loader
-workers, the processes differ from each other, and a resumed run draws what
-an uninterrupted one would have drawn.
+index). An epoch therefore yields the same patches whatever the number of
+loader workers, each process draws its own patches, and a resumed run draws
+the patches an uninterrupted one would have drawn.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """Restore random states captured by ``capture_rng_state``.
 
     CUDA states are restored only when the same number of CUDA devices is
-    visible; otherwise they are skipped with a warning (the run stays valid,
-    but is no longer bit-identical on the GPU).
+    visible. Otherwise they are skipped with a warning: the run stays valid
+    but is no longer bit-identical on the GPU.
     """
     torch.set_rng_state(state["torch"].cpu())
 
@@ -72,5 +72,5 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([item.cpu() for item in cuda_states])
         else:
-            logger.warning("checkpoint holds %d CUDA random states but %d devices are visible; not restoring them",
+            logger.warning("checkpoint contains %d CUDA random states but %d devices are visible; skipped restoring them",
                            len(cuda_states), torch.cuda.device_count())

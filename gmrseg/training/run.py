@@ -258,9 +258,15 @@ def train(
                                       "run folder with -o")
 
     context = init_distributed(device)
+    package_logger = logging.getLogger("gmrseg")
+    saved_level = package_logger.level
+    if not context.is_main:
+        # Ranks other than 0 report warnings and errors only, so each message appears once.
+        package_logger.setLevel(logging.WARNING)
     try:
         return _train(dataset_dir, config, run_dir, folds, context, resume=resume, quiet=quiet)
     finally:
+        package_logger.setLevel(saved_level)
         shutdown_distributed()
 
 

@@ -47,7 +47,7 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_config_matches(run_dir: Path, config: Config) -> None:
-    """Raise when ``run_dir/config.yaml`` holds a config other than ``config``.
+    """Raise ``InputError`` when ``run_dir/config.yaml`` contains a config other than ``config``.
 
     Only ``training.epochs`` may differ (to train longer on resume). The
     stored config has ``data.patch_size`` resolved, so ``auto`` matches any

@@ -23,8 +23,8 @@ def make_splits(case_ids: Sequence[str], seed: int, num_folds: int = NUM_FOLDS) 
     """Shuffle the case ids with ``seed`` and cut them into ``num_folds`` folds.
 
     Each fold validates on one part and trains on the others. With fewer cases
-    than folds there is one fold that trains and validates on every case (its
-    Dice then measures fit, not generalization), and a warning says so.
+    than folds there is one fold that trains and validates on every case, and
+    a warning is logged because its Dice then measures fit, not generalization.
 
     Returns:
         ``[{"train": [...], "val": [...]}, ...]`` with sorted ids in each list.

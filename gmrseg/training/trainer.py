@@ -1,7 +1,7 @@
 """The training loop of one fold: epochs, validation, checkpoints and records.
 
-``Trainer`` receives preprocessed cases and a built network; it knows nothing
-about dataset folders or plans (``gmrseg.training.run`` prepares those).
+``Trainer`` receives datasets and a built network. Dataset folders, plans and
+run files are handled by ``gmrseg.training.run``.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ class Trainer:
     Args:
         config: resolved training config.
         network: built network (on any device; it is moved to ``context.device``).
-        train_dataset: one item per training case, each access a new random
-            patch ``{"image" (C, X, Y, Z) float, "label" (1, X, Y, Z) int}``
-            with labels in network classes; its MONAI ``transform`` is
-            reseeded per patch (see ``SeededPatchDataset``). Augmentation is
-            part of that transform (``gmrseg.data.transforms.build_datasets``).
+        train_dataset: one item per training case. Each access returns a new
+            random patch ``{"image" (C, X, Y, Z) float, "label" (1, X, Y, Z)
+            int}`` with labels in network classes. Its MONAI ``transform``,
+            augmentation included, is reseeded per patch (see
+            ``SeededPatchDataset`` and ``gmrseg.data.transforms.build_datasets``).
         val_dataset: whole preprocessed cases of the same form (may be empty).
         class_names: names of the network classes, background first.
         fold_dir: folder for checkpoints, metrics.csv, train.log and
