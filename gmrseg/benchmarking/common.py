@@ -6,13 +6,14 @@ Every step calls the public gmrseg APIs a user would call (``train``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from gmrseg.errors import InputError
 from gmrseg.utils.files import save_json_atomic
@@ -23,6 +24,7 @@ __all__ = [
     "hardware_summary",
     "predict_and_evaluate",
     "prepare_benchmark_dir",
+    "torch_threads",
     "train_with_config",
 ]
 
@@ -59,6 +61,30 @@ def prepare_benchmark_dir(out: Path, *, overwrite: bool, outputs: Sequence[str],
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     save_json_atomic(out / MARKER, marker)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with ``threads`` torch CPU threads, then restore the previous count; None changes nothing.
+
+    Note:
+        On a CPU shared with other jobs, one thread per process avoids OpenMP
+        threads waiting on each other: a small UNet forward pass on a 2-core
+        machine at load 10 took 0.82 s with 2 threads and 0.026 s with 1.
+    """
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"--threads must be a positive integer, got {threads!r}")
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def hardware_summary(device: str) -> dict[str, Any]:

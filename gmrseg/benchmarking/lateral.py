@@ -13,8 +13,8 @@ GMRUNet twice,
 - ``unmerged``: pairing disabled (``data.label_pairs: []``), so the network
   must predict ``kidney_left`` and ``kidney_right`` itself,
 
-and optionally the dense UNet of the same shape (never merged) as a
-reference, then reports the Dice of every label on the held-out cases.
+and optionally (``--models ... dense``) the dense UNet of the same shape
+(never merged) as a reference, then reports the Dice of every label on the held-out cases.
 
 Output folder: ``data/``, ``configs/``, ``runs/``, ``predictions/``,
 ``evaluation/``, ``results.md``, ``results.csv``, ``results.json``.
@@ -37,6 +37,7 @@ from gmrseg.benchmarking.common import (
     hardware_summary,
     predict_and_evaluate,
     prepare_benchmark_dir,
+    torch_threads,
     train_with_config,
 )
 from gmrseg.errors import InputError
@@ -83,10 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="channels per UNet level (default: 8 16 32)")
     parser.add_argument("--kernel-sizes", type=int, nargs="+", default=[5, 5, 3],
                         help="odd kernel size per UNet level (default: 5 5 3)")
-    parser.add_argument("--dense-baseline", action="store_true",
-                        help="also train the dense UNet of the same shape (it can tell left from right)")
+    parser.add_argument("--models", nargs="+", choices=tuple(LATERAL_MODELS), default=["merged", "unmerged"],
+                        help="models to train, in table order: merged (GMRUNet, pairs merged), unmerged (GMRUNet, "
+                        "label_pairs: []), dense (dense UNet of the same shape, which can tell left from right) "
+                        "(default: merged unmerged)")
     parser.add_argument("--device", default="auto",
                         help="device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (torch.set_num_threads); 1 is much faster on a CPU shared with "
+                        "other jobs (default: torch's choice, usually one per core)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark in --out")
     return parser
@@ -106,6 +112,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run_lateral_benchmark(args: argparse.Namespace, command: str = "") -> dict[str, Any]:
     """Run the benchmark with parsed options; write and return its results."""
+    with torch_threads(args.threads):
+        return _run(args, command)
+
+
+def _run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from gmrseg.benchmarking.synthetic_lateral import make_lateral_dataset
 
     _check_args(args)
@@ -119,7 +130,7 @@ def run_lateral_benchmark(args: argparse.Namespace, command: str = "") -> dict[s
 
     data_dir = make_lateral_dataset(out / "data", cases=args.cases, test_fraction=args.test_fraction,
                                     shape=args.shape, spacing=args.spacing, seed=args.seed)
-    keys = ["merged", "unmerged"] + (["dense"] if args.dense_baseline else [])
+    keys = list(dict.fromkeys(args.models))
 
     models = []
     for key in keys:

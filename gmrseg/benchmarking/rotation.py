@@ -35,6 +35,7 @@ from gmrseg.benchmarking.common import (
     hardware_summary,
     predict_and_evaluate,
     prepare_benchmark_dir,
+    torch_threads,
     train_with_config,
 )
 from gmrseg.errors import InputError
@@ -102,6 +103,7 @@ class RotationBenchmarkSettings:
         kernel_sizes: kernel size per UNet level (None: the base config's).
         models: keys of :data:`MODELS` to run, in table order.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: torch CPU threads (None: torch's default).
         tta: test-time augmentation for every model (``none``, ``flip``,
             ``full``) or ``default`` for the predictor's per-network choice.
         overlap: sliding-window overlap in [0, 1).
@@ -126,6 +128,7 @@ class RotationBenchmarkSettings:
     kernel_sizes: list[int] | None = None
     models: list[str] = field(default_factory=lambda: list(MODELS))
     device: str = "auto"
+    threads: int | None = None
     tta: str = "none"
     overlap: float = 0.5
     seed: int = 0
@@ -183,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="models to train and test, in table order (default: all three)")
     parser.add_argument("--device", default=None,
                         help="device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (torch.set_num_threads); 1 is much faster on a CPU shared with "
+                        "other jobs (default: torch's choice, usually one per core)")
     parser.add_argument("--tta", choices=("none", "flip", "full", "default"), default="none",
                         help="test-time augmentation for every model; 'default' lets the predictor choose per "
                         "network (flips for dense networks) (default: none, to compare the networks alone)")
@@ -218,6 +224,7 @@ def settings_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Rotatio
         kernel_sizes=args.kernel_sizes,
         models=list(dict.fromkeys(args.models)),
         device=pick(args.device, "device"),
+        threads=args.threads,
         tta=args.tta,
         overlap=args.overlap,
         seed=args.seed,
@@ -304,6 +311,11 @@ def run_rotation_benchmark(settings: RotationBenchmarkSettings) -> dict[str, Any
         InputError: invalid settings, or a non-empty ``out`` that is not a benchmark folder.
         FileExistsError: ``out`` is not empty and ``overwrite`` is False.
     """
+    with torch_threads(settings.threads):
+        return _run(settings)
+
+
+def _run(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     from gmrseg.benchmarking.rotated_sets import build_rotation_settings, write_rotated_test_sets
     from gmrseg.benchmarking.rotation_report import check_goal, format_csv, format_markdown, plot_dice_against_angle
     from gmrseg.data.dataset import load_dataset
