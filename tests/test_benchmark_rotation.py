@@ -129,7 +129,7 @@ def test_oblique_angle_cuts_nothing_off(tmp_path):
         assert set(labels.tolist()) == {0, 1, 2}
 
 
-def test_upright_set_is_a_copy_and_random_set_has_n_per_case(tmp_path):
+def test_upright_copy_and_random_set(tmp_path):
     cases = [_write_case(tmp_path / "source", name, np.diag([1.0, 1.0, 1.5, 1.0])) for name in ("c1", "c2")]
     folders = write_rotated_test_sets(cases, build_rotation_settings([], random_rotations=True), tmp_path / "sets",
                                       random_per_case=3, seed=4)
@@ -262,7 +262,8 @@ def test_one_model_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     (model,) = results["models"]
     assert model["key"] == "gmrunet"
-    assert model["parameters"] > 0 and model["training_seconds"] > 0
+    assert model["parameters"] > 0
+    assert model["training_seconds"] > 0
     set_names = [entry["name"] for entry in results["sets"]]
     assert set_names == ["upright", "x090", "y090", "z090", "random"]
     assert sorted(results["dice"]["gmrunet"]) == sorted(set_names)
@@ -298,8 +299,9 @@ def test_three_models_end_to_end(tmp_path):
     assert models["gmrunet"]["parameters"] < models["unet"]["parameters"]
     assert models["unet"]["parameters"] == models["unet_rotaug"]["parameters"]
     assert models["unet_rotaug"]["rotation_augmentation"] is True
-    assert all(model["training_seconds"] > 0 and model["inference_seconds_per_case"] > 0
-               for model in results["models"])
+    for model in results["models"]:
+        assert model["training_seconds"] > 0
+        assert model["inference_seconds_per_case"] > 0
 
     # The configs differ only in the network and rotation augmentation.
     import yaml

@@ -36,9 +36,9 @@ MARKER = "benchmark.json"
 def prepare_benchmark_dir(out: Path, *, overwrite: bool, outputs: Sequence[str], marker: dict[str, Any]) -> None:
     """Create ``out`` for a benchmark and write ``benchmark.json`` into it.
 
-    A non-empty ``out`` is rejected unless ``overwrite`` and it holds a
-    ``benchmark.json`` from an earlier run; then only the names in ``outputs``
-    are removed, never anything else in the folder.
+    A non-empty ``out`` is rejected unless ``overwrite`` is set and it
+    contains a ``benchmark.json`` from an earlier run. Only the names in
+    ``outputs`` are then removed, never anything else in the folder.
 
     Raises:
         FileExistsError: ``out`` is not empty and ``overwrite`` is False.
@@ -51,7 +51,7 @@ def prepare_benchmark_dir(out: Path, *, overwrite: bool, outputs: Sequence[str],
             raise FileExistsError(f"--out {out} exists and is not empty; choose a new folder or pass --overwrite "
                                   "to replace an earlier benchmark there")
         if not (out / MARKER).is_file():
-            raise InputError(f"--out {out} is not empty and holds no {MARKER}, so it is not a benchmark folder; "
+            raise InputError(f"--out {out} is not empty and contains no {MARKER}, so it is not a benchmark folder; "
                              "gmrseg does not clear it even with --overwrite. Choose a new folder")
         for name in (MARKER, *outputs):
             path = out / name
@@ -68,9 +68,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     """Run a block with ``threads`` torch CPU threads, then restore the previous count; None changes nothing.
 
     Note:
-        On a CPU shared with other jobs, one thread per process avoids OpenMP
-        threads waiting on each other: a small UNet forward pass on a 2-core
-        machine at load 10 took 0.82 s with 2 threads and 0.026 s with 1.
+        On a CPU shared with other jobs, one thread per process keeps OpenMP
+        threads from waiting on each other. A small UNet forward pass on a
+        2-core machine at load 10 took 0.82 s with 2 threads and 0.026 s with 1.
     """
     if threads is None:
         yield

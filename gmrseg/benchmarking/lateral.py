@@ -122,8 +122,13 @@ def _run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     _check_args(args)
     out = Path(args.out)
     hardware = hardware_summary(args.device)
-    settings = {key: (str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value)
-                for key, value in vars(args).items()}
+    settings = {}
+    for key, value in vars(args).items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        settings[key] = value
     prepare_benchmark_dir(out, overwrite=args.overwrite, outputs=_OUTPUTS,
                           marker={"benchmark": "lateral", "settings": settings})
     started = time.perf_counter()

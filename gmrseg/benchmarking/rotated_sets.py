@@ -165,9 +165,9 @@ def write_rotated_test_sets(
     Args:
         cases: held-out cases with one 3D file per channel and a label file.
         settings: test sets from :func:`build_rotation_settings`.
-        out_dir: parent folder; set ``NAME`` is written to ``out_dir/NAME``
-            with ``imagesTs/``, ``labelsTs/`` and ``rotations.json`` (the 3x3
-            rotation matrix applied to each written case, in world RAS+ axes).
+        out_dir: parent folder. Set ``NAME`` is written to ``out_dir/NAME``
+            with ``imagesTs/``, ``labelsTs/`` and ``rotations.json``, which
+            stores the 3x3 rotation matrix (world RAS+ axes) of each written case.
         file_ending: file ending of the dataset (``.nii.gz`` or ``.nii``).
         random_per_case: random rotations per case in the ``random`` set.
         seed: seed of the random rotations.

@@ -133,7 +133,7 @@ def make_lateral_dataset(
 
     Args:
         out_dir: folder to create; a non-empty folder raises FileExistsError
-            unless ``overwrite`` and it holds a dataset.json.
+            unless ``overwrite`` is set and it contains a dataset.json.
         cases: total cases, training plus test (at least 4).
         test_fraction: fraction of cases written to imagesTs/labelsTs.
         shape: volume size in voxels (x, y, z), each at least 24.
@@ -162,7 +162,7 @@ def make_lateral_dataset(
         if not overwrite:
             raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or pass overwrite=True")
         if not (out_dir / "dataset.json").is_file():
-            raise InputError(f"{out_dir} is not empty and holds no dataset.json; gmrseg does not clear it. "
+            raise InputError(f"{out_dir} is not empty and contains no dataset.json; gmrseg does not clear it. "
                              "Choose a new folder")
         for name in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
