@@ -6,7 +6,7 @@ included, as inside a network) and a forward pass in eval mode under ``no_grad``
 alternating the two layers so that load from other processes hits both alike, and
 prints the median time ratio GMRConv3d / nn.Conv3d. Peak memory is measured in a
 fresh subprocess per layer: on CPU the growth of the peak resident set size
-(``ru_maxrss``) over the resident size just before the pass, on CUDA
+(``VmHWM`` in /proc/self/status) over the resident size just before the pass, on CUDA
 ``torch.cuda.max_memory_allocated``.
 
 Usage:
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -73,9 +72,13 @@ def time_pair(dense: nn.Module, gmr: nn.Module, x: torch.Tensor, step, repeats: 
     return statistics.median(times["dense"]), statistics.median(times["gmr"])
 
 
-def _current_rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
+def _status_bytes(field: str) -> int:
+    """Return a memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def measure_memory_child(args: argparse.Namespace) -> None:
@@ -93,10 +96,13 @@ def measure_memory_child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = _current_rss()
+        # Writing 5 to clear_refs resets this process's peak resident size (VmHWM) to
+        # the current one; ru_maxrss cannot be used because it keeps the parent's peak.
+        base = _status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
         _train_step(layer, x)
-        # ru_maxrss is in KiB on Linux.
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _status_bytes("VmHWM") - base
     print(json.dumps({"peak_bytes": peak}))
 
 

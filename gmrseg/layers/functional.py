@@ -140,24 +140,47 @@ def ring_spectra(rings: torch.Tensor, shape: tuple[int, ...], dilation: int) -> 
     return torch.fft.rfftn(placed, dim=dims).real.contiguous()
 
 
-def _mix_forward(spectrum: torch.Tensor, weight: torch.Tensor, responses: torch.Tensor, groups: int) -> torch.Tensor:
-    """Return ``sum_l W_l (R_l * X)`` as real views: ``(B, groups, C_out/g, 2P)``."""
-    batch = spectrum.shape[0]
+# Frequencies are processed in slabs of this many real numbers (real and imaginary parts
+# interleaved), so the per-ring temporaries stay small next to the spectra themselves.
+# Slabs of 2^15 ran about 1.6x slower on a 2-core CPU (PyTorch 2.13), 2^17 as fast as none.
+_SLAB = 1 << 17
+
+
+def _slabs(length: int):
+    for start in range(0, length, _SLAB):
+        yield slice(start, min(start + _SLAB, length))
+
+
+def _split_groups(spectrum: torch.Tensor, weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the spectrum as real numbers ``(B, groups, C_in/g, 2P)`` and weight as ``(groups, C_out/g, C_in/g, n)``."""
     out_channels, in_per_group, num_rings = weight.shape
-    x = torch.view_as_real(spectrum).reshape(batch, groups, in_per_group, -1)
-    w = weight.view(groups, out_channels // groups, in_per_group, num_rings)
-    out = None
-    for ring in range(num_rings):
-        term = torch.matmul(w[..., ring], x * responses[ring])
-        out = term if out is None else out.add_(term)
+    x = torch.view_as_real(spectrum).reshape(spectrum.shape[0], groups, in_per_group, -1)
+    return x, weight.view(groups, out_channels // groups, in_per_group, num_rings)
+
+
+def _mix_forward(spectrum: torch.Tensor, weight: torch.Tensor, responses: torch.Tensor, groups: int) -> torch.Tensor:
+    """Return ``sum_l W_l (R_l * X)`` as real numbers ``(B, groups, C_out/g, 2P)``."""
+    x, w = _split_groups(spectrum, weight, groups)
+    num_rings = w.shape[-1]
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # One expression per ring keeps traced and compiled graphs free of slab loops.
+        return sum(torch.matmul(w[..., ring], x * responses[ring]) for ring in range(num_rings))
+
+    out = x.new_empty(x.shape[0], groups, w.shape[1], x.shape[-1])
+    for slab in _slabs(x.shape[-1]):
+        x_slab = x[..., slab]
+        total = torch.matmul(w[..., 0], x_slab * responses[0, slab])
+        for ring in range(1, num_rings):
+            total.add_(torch.matmul(w[..., ring], x_slab * responses[ring, slab]))
+        out[..., slab] = total
     return out
 
 
 class _SpectralMix(torch.autograd.Function):
-    """Frequency-domain channel mixing with a backward pass that stores only the input spectrum.
+    """Frequency-domain channel mixing with a memory-lean backward pass.
 
     Autograd through ``_mix_forward`` would store one product per ring; this function
-    keeps the peak memory at a few spectra by recomputing products ring by ring.
+    stores only the input spectrum and works through the frequencies slab by slab.
     """
 
     @staticmethod
@@ -169,26 +192,31 @@ class _SpectralMix(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         spectrum, weight, responses = ctx.saved_tensors
-        groups = ctx.groups
-        batch = spectrum.shape[0]
-        out_channels, in_per_group, num_rings = weight.shape
-        x = torch.view_as_real(spectrum).reshape(batch, groups, in_per_group, -1)
-        w = weight.view(groups, out_channels // groups, in_per_group, num_rings)
+        x, w = _split_groups(spectrum, weight, ctx.groups)
+        num_rings = w.shape[-1]
         grad_out = grad_out.contiguous()
         need_x, need_w, need_r = ctx.needs_input_grad[:3]
 
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_w = torch.empty_like(w) if need_w else None
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.zeros_like(w) if need_w else None
         grad_r = torch.empty_like(responses) if need_r else None
-        for ring in range(num_rings):
-            if need_x or need_r:
-                back = torch.matmul(w[..., ring].transpose(-1, -2), grad_out)
-                if need_x:
-                    grad_x.addcmul_(back, responses[ring])
-                if need_r:
-                    grad_r[ring] = (back * x).sum(dim=(0, 1, 2))
-            if need_w:
-                grad_w[..., ring] = torch.matmul(grad_out, (x * responses[ring]).transpose(-1, -2)).sum(0)
+        for slab in _slabs(x.shape[-1]):
+            x_slab = x[..., slab]
+            g_slab = grad_out[..., slab]
+            grad_x_slab = None
+            for ring in range(num_rings):
+                if need_x or need_r:
+                    back = torch.matmul(w[..., ring].transpose(-1, -2), g_slab)
+                    if need_r:
+                        grad_r[ring, slab] = (back * x_slab).sum(dim=(0, 1, 2))
+                    if need_x:
+                        back.mul_(responses[ring, slab])
+                        grad_x_slab = back if grad_x_slab is None else grad_x_slab.add_(back)
+                if need_w:
+                    product = torch.matmul(g_slab, (x_slab * responses[ring, slab]).transpose(-1, -2))
+                    grad_w[..., ring] += product.sum(0)
+            if need_x:
+                grad_x[..., slab] = grad_x_slab
 
         if grad_x is not None:
             grad_x = torch.view_as_complex(grad_x.view(*spectrum.shape, 2))
@@ -270,7 +298,7 @@ def spectral_conv(
         start = 0
     index = [slice(None), slice(None)]
     for size in x.shape[2:]:
-        out_size = size + 2 * padding - 2 * reach
+        out_size = int(size) + 2 * padding - 2 * reach
         index.append(slice(start, start + out_size, stride))
     out = full[tuple(index)]
     if bias is not None:

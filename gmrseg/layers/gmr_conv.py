@@ -235,8 +235,14 @@ class _GMRConvNd(nn.Module):
 
     # ----------------------------------------------------------------- forward
 
-    def resolve_strategy(self, input_shape: Sequence[int], device: torch.device | None = None) -> str:
-        """Return the strategy ``forward`` uses for an input of ``input_shape`` (``B, C, *spatial``)."""
+    def resolve_strategy(
+        self, input_shape: Sequence[int], device: torch.device | None = None, training: bool | None = None
+    ) -> str:
+        """Return the strategy ``forward`` uses for an input of ``input_shape`` (``B, C, *spatial``, padded).
+
+        ``training`` (default: ``self.training`` with gradients enabled) selects the cost
+        of a forward+backward pass instead of a forward pass.
+        """
         if self.strategy != "auto":
             return self.strategy
         device = device if device is not None else self.weight.device
@@ -250,6 +256,7 @@ class _GMRConvNd(nn.Module):
             dilation=self.dilation,
             groups=self.groups,
             device_type=torch.device(device).type,
+            training=(self.training and torch.is_grad_enabled()) if training is None else training,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +284,7 @@ class _GMRConvNd(nn.Module):
         autocast_dtype = _autocast_dtype(x.device.type)
         out_dtype = autocast_dtype or x.dtype
         compute_dtype = torch.float32 if (autocast_dtype or x.dtype in _LOW_PRECISION) else x.dtype
-        shape = G.fft_shape(tuple(x.shape[2:]), zero_padding, self.dilation * (self.kernel_size // 2))
+        shape = G.fft_shape(tuple(int(size) for size in x.shape[2:]), zero_padding, self.dilation * (self.kernel_size // 2))
 
         with torch.autocast(x.device.type, enabled=False):
             weight = self.weight.to(compute_dtype)
@@ -312,6 +319,7 @@ class _GMRConvNd(nn.Module):
             raise ValueError(f"{name} expects {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
         reach = self.dilation * (self.kernel_size // 2)
         for size in x.shape[2:]:
+            size = int(size)
             if size + 2 * self.padding - 2 * reach < 1:
                 raise ValueError(
                     f"{name}: spatial size {size} is too small for kernel_size={self.kernel_size}, "

@@ -3,8 +3,8 @@
 The model estimates the time of each strategy in seconds as a sum of terms
 ``multiply-adds (or FFT flops) / throughput`` plus a fixed overhead per call, with
 throughputs per device type. The CPU throughputs were fitted to timings of
-``benchmarks/bench_layer.py`` on a 2-core AMD EPYC (PyTorch 2.13, oneDNN convolutions,
-MKL FFTs); only their ratios matter for the choice. The ring-decomposed strategy
+``benchmarks/bench_layer.py`` and component timings on a shared 2-core AMD EPYC
+(PyTorch 2.13, oneDNN convolutions, C = 32, 48^3); only their ratios matter for the choice. The ring-decomposed strategy
 is never chosen automatically: its depthwise convolution was slower than both
 other strategies in every measured case.
 """
@@ -21,18 +21,26 @@ __all__ = ["STRATEGIES", "estimate_costs", "choose_strategy"]
 STRATEGIES = ("auto", "dense", "rings", "spectral")
 
 # Throughputs in operations per second: dense convolution multiply-adds, real matrix
-# multiply-adds of the spectral channel mixing, FFT flops (5 N log2 N per complex
-# transform of N points, half that for a real one), and a fixed cost per spectral call.
+# multiply-adds of the spectral channel mixing, FFT flops (2.5 N log2 N per real
+# transform of N points), a fixed cost per spectral call, and the time of a
+# forward+backward pass over a forward pass for each strategy. On CPU the dense
+# backward costs far more than its forward, so training favours the spectral path.
 _THROUGHPUT = {
-    "cpu": {"dense": 2.0e10, "mix": 1.2e10, "fft": 6.0e9, "overhead": 2e-4},
+    "cpu": {
+        "dense": 4.0e9, "mix": 3.7e8, "fft": 5.8e8, "overhead": 1e-3,
+        "dense_train": 4.5, "spectral_train": 2.2,
+    },
     # NOTE: estimates, not measured: cuDNN reaches a large share of the GPU's peak on
     # dense convolutions, while the spectral path is bound by memory traffic.
-    "cuda": {"dense": 2.0e13, "mix": 2.0e12, "fft": 5.0e11, "overhead": 1e-4},
+    "cuda": {
+        "dense": 2.0e13, "mix": 2.0e12, "fft": 1.0e12, "overhead": 2e-4,
+        "dense_train": 3.0, "spectral_train": 2.5,
+    },
 }
 
 # "auto" takes the spectral path only when the model predicts it at most this fraction
 # of the dense time, so that a wrong estimate near the break-even point costs little.
-_MARGIN = 0.7
+_MARGIN = 0.8
 
 
 def estimate_costs(
@@ -45,6 +53,7 @@ def estimate_costs(
     dilation: int = 1,
     groups: int = 1,
     device_type: str = "cpu",
+    training: bool = False,
 ) -> dict[str, float]:
     """Return the modelled forward time in seconds of ``"dense"`` and ``"spectral"``.
 
@@ -53,6 +62,7 @@ def estimate_costs(
         out_channels, kernel_size, num_rings, stride, dilation, groups: the layer's settings.
         padding: zero padding still to apply.
         device_type: ``"cpu"``, ``"cuda"`` or another torch device type (modelled as CPU).
+        training: model a forward+backward pass instead of a forward pass.
     """
     throughput = _THROUGHPUT.get(device_type, _THROUGHPUT["cpu"])
     batch, in_channels = int(input_shape[0]), int(input_shape[1])
@@ -68,6 +78,9 @@ def estimate_costs(
     fft_flops = 2.5 * grid * math.log2(max(grid, 2)) * batch * (in_channels + out_channels)
     mix = batch * pairs * num_rings * grid / throughput["mix"]
     spectral = fft_flops / throughput["fft"] + mix + throughput["overhead"]
+    if training:
+        dense *= throughput["dense_train"]
+        spectral *= throughput["spectral_train"]
     return {"dense": dense, "spectral": spectral}
 
 
@@ -81,11 +94,12 @@ def choose_strategy(
     dilation: int = 1,
     groups: int = 1,
     device_type: str = "cpu",
+    training: bool = False,
 ) -> str:
     """Return ``"dense"`` or ``"spectral"``, whichever the cost model predicts faster (see ``estimate_costs``)."""
     if kernel_size == 1:
         return "dense"
     costs = estimate_costs(
-        input_shape, out_channels, kernel_size, num_rings, stride, padding, dilation, groups, device_type
+        input_shape, out_channels, kernel_size, num_rings, stride, padding, dilation, groups, device_type, training
     )
     return "spectral" if costs["spectral"] < _MARGIN * costs["dense"] else "dense"

@@ -1,0 +1,109 @@
+"""GMR layers commute with the 48 symmetries of the cube (8 of the square); nn.Conv3d does not."""
+
+import pytest
+import torch
+from torch import nn
+
+from gmrseg.layers import GMRConv2d, GMRConv3d
+
+STRATEGIES = ("dense", "rings", "spectral")
+
+
+def _symmetries(spatial_dims: int) -> list[list[tuple]]:
+    """Return every distinct composition of quarter turns and flips of the spatial axes.
+
+    Each symmetry is a list of ("rot", dims) / ("flip", dim) steps on a (B, C, *spatial)
+    tensor, found by closing the generators over a probe volume with distinct values.
+    """
+    axes = list(range(2, spatial_dims + 2))
+    generators = [("flip", axes[0])] + [("rot", (a, b)) for i, a in enumerate(axes) for b in axes[i + 1 :]]
+    probe = torch.arange(3**spatial_dims).reshape((1, 1) + (3,) * spatial_dims)
+    found = {tuple(probe.flatten().tolist()): []}
+    frontier = [[]]
+    while frontier:
+        next_frontier = []
+        for steps in frontier:
+            for generator in generators:
+                candidate = steps + [generator]
+                key = tuple(_apply(probe, candidate).flatten().tolist())
+                if key not in found:
+                    found[key] = candidate
+                    next_frontier.append(candidate)
+        frontier = next_frontier
+    return list(found.values())
+
+
+def _apply(x: torch.Tensor, steps: list[tuple]) -> torch.Tensor:
+    for kind, dims in steps:
+        x = torch.rot90(x, 1, dims) if kind == "rot" else torch.flip(x, (dims,))
+    return x
+
+
+def _max_equivariance_error(layer: nn.Module, x: torch.Tensor, symmetries) -> float:
+    """Return max over symmetries g of ||f(g x) - g f(x)|| / ||f(x)||."""
+    with torch.no_grad():
+        reference = layer(x)
+        moved_inputs = torch.cat([_apply(x, steps) for steps in symmetries])
+        moved_outputs = layer(moved_inputs)
+    errors = []
+    for index, steps in enumerate(symmetries):
+        expected = _apply(reference, steps)
+        errors.append(((moved_outputs[index : index + 1] - expected).norm() / expected.norm()).item())
+    return max(errors)
+
+
+def test_symmetry_counts():
+    assert len(_symmetries(3)) == 48
+    assert len(_symmetries(2)) == 8
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_gmr_conv3d_cube_equivariance(strategy, kernel_size, dtype, tolerance):
+    torch.manual_seed(kernel_size)
+    layer = GMRConv3d(2, 3, kernel_size, strategy=strategy, dtype=dtype).eval()
+    with torch.no_grad():
+        layer.log_sigma.add_(0.3 * torch.randn_like(layer.log_sigma))
+    x = torch.randn(1, 2, 11, 11, 11, dtype=dtype)
+    assert _max_equivariance_error(layer, x, _symmetries(3)) < tolerance
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_binned_profile_cube_equivariance(strategy):
+    torch.manual_seed(0)
+    layer = GMRConv3d(2, 2, 5, ring_profile="binned", strategy=strategy, dtype=torch.float64).eval()
+    x = torch.randn(1, 2, 9, 9, 9, dtype=torch.float64)
+    assert _max_equivariance_error(layer, x, _symmetries(3)) < 1e-10
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_equivariance_with_padding_modes(padding_mode):
+    torch.manual_seed(0)
+    layer = GMRConv3d(2, 2, 5, padding_mode=padding_mode, strategy="spectral", dtype=torch.float64).eval()
+    x = torch.randn(1, 2, 10, 10, 10, dtype=torch.float64)
+    assert _max_equivariance_error(layer, x, _symmetries(3)) < 1e-10
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_dense_conv3d_is_not_equivariant(kernel_size):
+    torch.manual_seed(0)
+    layer = nn.Conv3d(2, 3, kernel_size, padding=kernel_size // 2).double()
+    x = torch.randn(1, 2, 11, 11, 11, dtype=torch.float64)
+    assert _max_equivariance_error(layer, x, _symmetries(3)) > 0.1
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
+def test_gmr_conv2d_square_equivariance(strategy, kernel_size):
+    torch.manual_seed(kernel_size)
+    layer = GMRConv2d(2, 3, kernel_size, strategy=strategy, dtype=torch.float64).eval()
+    x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    assert _max_equivariance_error(layer, x, _symmetries(2)) < 1e-10
+
+
+def test_dense_conv2d_is_not_equivariant():
+    torch.manual_seed(0)
+    layer = nn.Conv2d(2, 3, 5, padding=2).double()
+    x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    assert _max_equivariance_error(layer, x, _symmetries(2)) > 0.1

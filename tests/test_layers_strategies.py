@@ -1,0 +1,106 @@
+"""The rings and spectral strategies agree with the dense one in outputs and gradients."""
+
+import pytest
+import torch
+
+from gmrseg.layers import GMRConv2d, GMRConv3d
+from gmrseg.layers.strategy import choose_strategy, estimate_costs
+
+CASES = [
+    {},
+    {"stride": 2},
+    {"dilation": 2},
+    {"groups": 2},
+    {"padding": 0},
+    {"padding": 6},
+    {"bias": False},
+    {"padding_mode": "reflect"},
+    {"padding_mode": "replicate"},
+    {"padding_mode": "circular"},
+    {"ring_profile": "binned"},
+    {"num_rings": 2},
+]
+
+
+def _outputs_and_grads(layer, x, grad_out=None):
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    if grad_out is None:
+        grad_out = torch.randn_like(y)
+    params = [layer.weight, layer.log_sigma] + ([layer.bias] if layer.bias is not None else [])
+    grads = torch.autograd.grad(y, [x] + params, grad_out)
+    return [y.detach()] + list(grads), grad_out
+
+
+def _relative(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("strategy", ["rings", "spectral"])
+@pytest.mark.parametrize("options", CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_strategy_matches_dense_float32(strategy, options):
+    torch.manual_seed(0)
+    layer = GMRConv3d(4, 6, 5, strategy="dense", **options)
+    with torch.no_grad():
+        layer.log_sigma.add_(0.2 * torch.randn_like(layer.log_sigma))
+    x = torch.randn(2, 4, 12, 11, 13)
+    expected, grad_out = _outputs_and_grads(layer, x)
+    layer.strategy = strategy
+    actual, _ = _outputs_and_grads(layer, x, grad_out)
+    names = ["output", "input grad", "weight grad", "log_sigma grad", "bias grad"]
+    for name, a, b in zip(names, actual, expected):
+        assert a.shape == b.shape, name
+        assert _relative(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize("strategy", ["rings", "spectral"])
+def test_strategy_matches_dense_2d(strategy):
+    torch.manual_seed(0)
+    layer = GMRConv2d(3, 5, 7, strategy="dense", stride=2, dtype=torch.float64)
+    x = torch.randn(2, 3, 20, 17, dtype=torch.float64)
+    expected, grad_out = _outputs_and_grads(layer, x)
+    layer.strategy = strategy
+    actual, _ = _outputs_and_grads(layer, x, grad_out)
+    for a, b in zip(actual, expected):
+        assert _relative(a, b) < 1e-12
+
+
+def test_spectral_gradcheck_float64():
+    torch.manual_seed(0)
+    layer = GMRConv3d(2, 2, 3, strategy="spectral", groups=2, dtype=torch.float64)
+    x = torch.randn(1, 2, 5, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp, w, s: _call_with(layer, inp, w, s), (x, layer.weight, layer.log_sigma))
+
+
+def _call_with(layer, x, weight, log_sigma):
+    # gradcheck perturbs the tensors it is given in place, which the layer reads directly.
+    del weight, log_sigma
+    return layer(x)
+
+
+def test_auto_choice_by_kernel_size_and_mode():
+    shape = (2, 32, 48, 48, 48)
+    assert choose_strategy(shape, 32, 9, 5, padding=4) == "spectral"
+    assert choose_strategy(shape, 32, 9, 5, padding=4, training=True) == "spectral"
+    assert choose_strategy(shape, 32, 3, 2, padding=1, training=False) == "dense"
+    assert choose_strategy(shape, 32, 1, 1) == "dense"
+    assert choose_strategy((1, 1, 8, 8, 8), 1, 3, 2, padding=1) == "dense"
+
+
+def test_cost_model_grows_with_kernel_only_for_dense():
+    shape = (2, 16, 32, 32, 32)
+    small = estimate_costs(shape, 16, 3, 2, padding=1)
+    large = estimate_costs(shape, 16, 9, 2, padding=1)
+    assert large["dense"] == pytest.approx(small["dense"] * 27)
+    assert large["spectral"] == pytest.approx(small["spectral"])
+
+
+def test_auto_result_matches_dense():
+    torch.manual_seed(0)
+    layer = GMRConv3d(3, 3, 9, strategy="auto")
+    x = torch.randn(1, 3, 16, 16, 16)
+    chosen = layer.resolve_strategy(x.shape)
+    out_auto = layer(x)
+    layer.strategy = "dense"
+    assert chosen in ("dense", "spectral")
+    assert _relative(out_auto, layer(x)) < 1e-5
