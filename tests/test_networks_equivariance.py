@@ -30,7 +30,7 @@ def apply_symmetry(tensor, permutation, flips):
 def max_relative_error(outputs_of, x, spatial_dims, stop_above=None, chunk=8):
     """Return the largest ``max|f(g x) - g f(x)| / max|g f(x)|`` over all symmetries g and all outputs of f.
 
-    ``x`` holds one sample; the transformed copies run through f in batches of
+    ``x`` is one sample. The transformed copies run through f in batches of
     ``chunk``. With ``stop_above`` the search ends at the first error above it.
     """
     references = outputs_of(x)

@@ -7,16 +7,17 @@ from gmrseg.errors import InputError
 from gmrseg.layers import GMRConv3d
 from gmrseg.networks import NETWORK_NAMES, GMRUNet, build_network, is_equivariant, valid_arguments
 
+SEGRESNET = {"init_filters": 4, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "norm": ["group", {"num_groups": 2}]}
 SMALL_ARGUMENTS = {
     "gmrunet": {"features": [2, 4, 8], "kernel_sizes": [5, 3, 3]},
     "unet": {"features": [2, 4, 8], "kernel_sizes": [5, 3, 3]},
     "dynunet": {"filters": [4, 8, 16]},
     "basicunet": {"features": [4, 4, 8, 8, 16, 4]},
-    "segresnet": {"init_filters": 4, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "norm": ["group", {"num_groups": 2}]},
+    "segresnet": SEGRESNET,
     "converted:unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
     "converted:dynunet": {"filters": [4, 8, 16]},
     "converted:basicunet": {"features": [4, 4, 8, 8, 16, 4]},
-    "converted:segresnet": {"init_filters": 4, "blocks_down": [1, 1, 1], "blocks_up": [1, 1], "norm": ["group", {"num_groups": 2}]},
+    "converted:segresnet": SEGRESNET,
 }
 EXPECTED_DIVISOR = {
     "gmrunet": 4,
@@ -141,7 +142,11 @@ def test_monai_rejection_wrapped():
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [({"in_channels": 0}, "in_channels"), ({"out_channels": 2.0}, "out_channels"), ({"spatial_dims": 4}, "spatial_dims")],
+    [
+        ({"in_channels": 0}, "in_channels"),
+        ({"out_channels": 2.0}, "out_channels"),
+        ({"spatial_dims": 4}, "spatial_dims"),
+    ],
 )
 def test_invalid_channels_and_dims(arguments, message):
     call = {"in_channels": 1, "out_channels": 2, **arguments}
@@ -173,3 +178,6 @@ def test_rebuild_from_run_folder_arguments():
     target = build_network("gmrunet", 1, 2, features=[2, 4], kernel_sizes=[3, 3], norm=["instance", {"affine": True}])
 
     target.load_state_dict(source.state_dict())
+
+    x = torch.randn(1, 1, 4, 4, 4)
+    torch.testing.assert_close(target.eval()(x), source.eval()(x))

@@ -113,6 +113,14 @@ def test_deep_supervision_rejects_indivisible_size():
         model(torch.randn(1, 1, 14, 16, 16))
 
 
+def test_single_voxel_bottleneck_is_rejected():
+    model = GMRUNet(**TINY).eval()
+
+    with pytest.raises(InputError, match=r"\(4, 3, 2\) leaves one voxel.*at least 8"):
+        model(torch.randn(1, 1, 4, 3, 2))
+    assert model(torch.randn(1, 1, 4, 8, 4)).shape == (1, 2, 4, 8, 4)
+
+
 def test_wrong_channel_count_is_rejected():
     model = GMRUNet(in_channels=2, **TINY)
 

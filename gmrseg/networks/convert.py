@@ -1,9 +1,9 @@
 """Conversion of an existing network (MONAI UNet, BasicUNet, DynUNet, SegResNet, ...) to GMR convolutions.
 
 ``convert_to_gmr`` swaps every ``nn.Conv3d``/``nn.Conv2d`` with a kernel larger
-than 1 for a GMR layer of the same shape, in place, and reports what it changed
-and which layers still break the grid symmetries (the GMR layers alone do not
-make a network equivariant: its down- and up-sampling must keep the symmetry too).
+than 1 for a GMR layer of the same shape, in place. It reports what it changed
+and which layers still break the grid symmetries, because GMR layers alone do
+not make a network equivariant: its down- and up-sampling must keep the symmetry too.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class LayerNote:
 
 @dataclass
 class ConversionReport:
-    """What ``convert_to_gmr`` did to a network.
+    """Record of the changes ``convert_to_gmr`` made to a network.
 
     Attributes:
         replaced: convolutions replaced by GMR layers.
@@ -130,8 +130,8 @@ def convert_to_gmr(
     is copied. Padding is chosen so the output shape does not change. Transposed
     convolutions, 1x1 convolutions and other layers are left as they are.
 
-    A dense kernel cannot be copied into a GMR layer: the layer only holds
-    radially symmetric kernels. ``weight_init="reset"`` (default) keeps the GMR
+    A dense kernel cannot be copied into a GMR layer: the layer can only
+    represent radially symmetric kernels. ``weight_init="reset"`` (default) keeps the GMR
     layer's own initialization, the right choice before training from scratch.
     ``weight_init="project"`` sets the ring weights to the least-squares
     projection of each dense kernel onto the layer's rings (at their initial
@@ -170,7 +170,7 @@ def convert_to_gmr(
 
     report = ConversionReport()
 
-    # Collect first, then replace, so the walk never sees a half-converted model.
+    # Collect first, then replace, so that named_modules never walks a half-converted model.
     candidates = [
         (name, module)
         for name, module in model.named_modules()
@@ -269,7 +269,10 @@ def _pooling_reason(pool: nn.Module) -> str | None:
         return None if window[0] % 2 == 1 else f"even pooling window {window[0]} with stride 1 is off-centre"
     if window[0] % 2 == 0:
         return f"even pooling window {window[0]} with stride {stride[0]} is off-centre"
-    return f"pooling window {window[0]} with stride {stride[0]}: symmetric only when the input size is 1 + a multiple of {stride[0]}"
+    return (
+        f"pooling window {window[0]} with stride {stride[0]}: "
+        f"symmetric only when the input size is 1 + a multiple of {stride[0]}"
+    )
 
 
 def _target_kernel_size(conv: nn.Module, kernel_size: int | None) -> tuple[int, str | None]:

@@ -55,9 +55,9 @@ class _DynUNet(DynUNet):
     """MONAI ``DynUNet`` whose deep supervision output is a list, like ``GMRUNet``'s.
 
     In training mode with deep supervision MONAI stacks the heads along dim 1,
-    every head up-sampled to full resolution; this returns them as a list
-    ``[full_res, head_1, ...]`` of ``(B, C, *spatial)`` tensors. The state dict
-    is MONAI's.
+    each up-sampled to full resolution. This class returns them as a list
+    ``[full_res, head_1, ...]`` of ``(B, C, *spatial)`` tensors instead. The
+    state dict is MONAI's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

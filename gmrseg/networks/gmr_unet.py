@@ -1,9 +1,9 @@
 """GMRUNet: a UNet whose every operation commutes with the rotations and reflections of the voxel grid.
 
-The network follows the shape of MONAI's DynUNet and nnU-Net's default 3D UNet
-(per-level kernel sizes, instance norm, LeakyReLU, optional residual blocks and
-deep supervision) with three changes that keep the 48 symmetries of the cube
-(8 of the square in 2D):
+The network follows the shape of MONAI's DynUNet and nnU-Net's default 3D UNet:
+per-level kernel sizes, instance norm, LeakyReLU, optional residual blocks and
+deep supervision. Three changes keep the 48 symmetries of the cube (8 of the
+square in 2D):
 
 - every convolution with a kernel larger than 1 is a GMR convolution, whose
   kernel is a mix of radially symmetric rings (``conv="dense"`` swaps in
@@ -170,7 +170,7 @@ def _conv_from_options(spatial_dims: int, in_channels: int, out_channels: int, k
 class GMRUNet(nn.Module):
     """UNet of GMR convolutions, equivariant to the 48 cube symmetries (8 square symmetries in 2D).
 
-    Level ``i`` (0 = full resolution) holds ``features[i]`` channels and uses
+    Level ``i`` (0 = full resolution) has ``features[i]`` channels and uses
     kernels of ``kernel_sizes[i]`` voxels. The encoder runs a block of two
     convolutions per level and pools by 2 between levels. The decoder
     up-samples by 2 (1x1 convolution to ``features[i]`` channels, then
@@ -276,6 +276,7 @@ class GMRUNet(nn.Module):
         self.upsample = upsample
         self.input_padding = input_padding
         self.size_divisor = 2 ** (num_levels - 1)
+        self.has_norm = norm is not None
 
         options = {
             "conv": conv,
@@ -317,7 +318,7 @@ class GMRUNet(nn.Module):
                 block_type(spatial_dims, 2 * features[level], features[level], kernel_sizes[level], options)
             )
 
-        # Heads: 1x1 convolutions; heads[j] reads decoder level j.
+        # Heads: 1x1 convolutions, where heads[j] reads decoder level j.
         self.heads = nn.ModuleList(
             make_conv(spatial_dims, "dense", features[level], out_channels, 1)
             for level in range(num_deep_supervision_heads + 1)
@@ -387,6 +388,14 @@ class GMRUNet(nn.Module):
             )
         sizes = list(x.shape[2:])
         missing = [(-size) % self.size_divisor for size in sizes]
+        coarsest = [(size + extra) // self.size_divisor for size, extra in zip(sizes, missing)]
+        if self.has_norm and all(size == 1 for size in coarsest):
+            # Normalizing a single voxel per channel erases it (torch rejects it for instance norm).
+            raise InputError(
+                f"GMRUNet: spatial size {tuple(sizes)} leaves one voxel at the coarsest level "
+                f"(size_divisor={self.size_divisor}); use at least {2 * self.size_divisor} voxels along one axis "
+                f"or fewer levels"
+            )
         if not any(missing):
             return [(0, 0)] * self.spatial_dims
         if self.input_padding == "error" or not allow_padding:
