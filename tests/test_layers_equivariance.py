@@ -107,3 +107,31 @@ def test_dense_conv2d_is_not_equivariant():
     layer = nn.Conv2d(2, 3, 5, padding=2).double()
     x = torch.randn(1, 2, 16, 16, dtype=torch.float64)
     assert _max_equivariance_error(layer, x, _symmetries(2)) > 0.1
+
+
+def _rotation_error_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_rotation_error.py"
+    spec = importlib.util.spec_from_file_location("kernel_rotation_error", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kernel_size", [5, 9])
+def test_gaussian_rings_nearer_rotation_invariance(kernel_size):
+    measure = _rotation_error_module()
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    blobs = measure.random_blobs(generator)
+    points = measure.ball_points(generator, 150)
+    rotation = measure.random_rotation(generator)
+    errors = {
+        name: measure.rotation_error(measure.layer_kernels(name, kernel_size), rotation, blobs, points)
+        for name in ("gaussian", "binned", "nn.Conv3d")
+    }
+    assert errors["gaussian"] < 0.6 * errors["binned"]
+    assert errors["binned"] < 0.05
+    assert errors["nn.Conv3d"] > 0.1

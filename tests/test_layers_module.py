@@ -132,7 +132,7 @@ def test_eval_cache_reused_and_invalidated_by_optimizer_step(strategy):
     torch.testing.assert_close(after, expected)
 
 
-def test_eval_cache_invalidated_by_load_state_dict_and_log_sigma_change():
+def test_eval_cache_after_load_state_dict():
     torch.manual_seed(0)
     layer = GMRConv3d(2, 2, 5, strategy="spectral").eval()
     other = GMRConv3d(2, 2, 5, strategy="spectral").eval()

@@ -76,7 +76,9 @@ def test_conversion_with_groups_and_no_bias():
     state_dict = _reference_state_dict(5, 2, 4)
     state_dict.pop("bias")
     converted, kwargs = convert_reference_state_dict(state_dict, groups=2)
-    assert kwargs["in_channels"] == 4 and kwargs["groups"] == 2 and kwargs["bias"] is False
+    assert kwargs["in_channels"] == 4
+    assert kwargs["groups"] == 2
+    assert kwargs["bias"] is False
     layer = GMRConv3d(**kwargs)
     layer.load_state_dict(converted)
 

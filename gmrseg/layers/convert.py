@@ -1,6 +1,6 @@
 """Conversion of weights saved by the GMR-Conv 1.0.3 reference package.
 
-The reference ``GMR_Conv3d`` / ``GMR_Conv2d`` state dict holds ``weight``
+The reference ``GMR_Conv3d`` / ``GMR_Conv2d`` state dict contains ``weight``
 ``(C_out, C_in / groups, n)``, ``bias``, ``log_sigmas`` ``(n,)``, ``mus`` (always
 ``0 .. n-1``), ``weight_index_mat`` and ``default_weight_index_mat`` (both
 ``(1, 1, n, k^D)``, the 0/1 distance shells). With ``ring_profile="binned"`` this
@@ -33,7 +33,7 @@ def convert_reference_state_dict(
 
     Returns:
         ``(state_dict, kwargs)``: load the state dict into
-        ``GMRConv3d(**kwargs, stride=..., padding=..., dilation=...)``. ``kwargs`` holds the
+        ``GMRConv3d(**kwargs, stride=..., padding=..., dilation=...)``. ``kwargs`` contains the
         channel counts, ``kernel_size``, ``num_rings``, ``groups``, ``bias`` and
         ``ring_profile="binned"``. Stride, padding (the reference's default is 0, this
         package's is "same"), dilation and padding mode are not in the state dict.

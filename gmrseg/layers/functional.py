@@ -93,7 +93,7 @@ def ring_conv(
 def fft_shape(sizes: tuple[int, ...], padding: int, reach: int = 0) -> tuple[int, ...]:
     """Return the circular grid of the spectral strategy: one 7-smooth FFT size per axis.
 
-    The grid holds at least ``size + padding`` voxels, so the implicit zero padding
+    The grid has at least ``size + padding`` voxels, so the implicit zero padding
     never wraps into the output (see ``spectral_conv``), and at least the output size
     ``size + 2 * padding - 2 * reach`` (``reach = dilation * (k // 2)``). Rounding up to a
     size whose prime factors are 2, 3, 5 or 7 keeps the FFT on its fast paths.

@@ -188,7 +188,7 @@ class _GMRConvNd(nn.Module):
     # ----------------------------------------------------------------- eval cache
 
     def _cache_allowed(self) -> bool:
-        # The cache holds tensors built without autograd, so it only serves calls that need
+        # The cache contains tensors built without autograd, so it only serves calls that need
         # no gradient for the parameters. Traced or compiled graphs build the kernel themselves.
         if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
@@ -361,7 +361,7 @@ class GMRConv3d(_GMRConvNd):
         in_channels: channels of the input.
         out_channels: channels of the output.
         kernel_size: odd kernel size ``k`` (an int, or a tuple of equal ints).
-        stride: stride (int). Equivariance holds exactly only for stride 1.
+        stride: stride (int). The layer is exactly equivariant only with stride 1.
         padding: int, ``"same"`` (``dilation * (k // 2)`` on every side; unlike ``nn.Conv3d`` also
             allowed with stride > 1, giving ``ceil(size / stride)`` voxels) or ``"valid"`` (0).
         dilation: spacing between kernel voxels.

@@ -1,8 +1,8 @@
 """Ring functions: the radially symmetric basis that every GMR kernel is built from.
 
-A GMR kernel of odd size ``k`` in ``D`` dimensions is ``K[o, i](x) = sum_l W[o, i, l] R_l(x)``
-where ring ``R_l`` depends only on the distance ``|x|`` (in voxels) from the kernel
-centre, so the kernel is unchanged by any permutation or sign flip of the axes.
+A GMR kernel of odd size ``k`` in ``D`` dimensions is ``K[o, i](x) = sum_l W[o, i, l] R_l(x)``.
+Ring ``R_l`` depends only on the distance ``|x|`` (in voxels) from the kernel centre,
+so the kernel is unchanged by any permutation or sign flip of the axes.
 
 Two ring profiles exist:
 
@@ -108,7 +108,7 @@ def gaussian_rings(
 def reference_bins(kernel_size: int, num_rings: int, spatial_dims: int, device=None, dtype=None) -> torch.Tensor:
     """Return the 0/1 distance shells of the reference package, shape ``(n, k, ..., k)``.
 
-    Shell ``a`` holds the voxels whose distance ``d`` from the centre satisfies
+    Shell ``a`` contains the voxels whose distance ``d`` from the centre satisfies
     ``t_a <= d < t_(a+1)`` with ``t = linspace(0, k // 2 + 0.5, n + 1)``; voxels at or
     beyond ``k // 2 + 0.5`` (the cube's corners) belong to no shell. The thresholds
     are compared in float64, as the reference does with numpy.

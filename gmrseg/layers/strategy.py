@@ -20,10 +20,10 @@ __all__ = ["STRATEGIES", "estimate_costs", "choose_strategy"]
 
 STRATEGIES = ("auto", "dense", "rings", "spectral")
 
-# Throughputs in operations per second: dense convolution multiply-adds, real matrix
-# multiply-adds of the spectral channel mixing, FFT flops (2.5 N log2 N per real
-# transform of N points), a fixed cost per spectral call, and the time of a
-# forward+backward pass over a forward pass for each strategy. On CPU the dense
+# Throughputs in operations per second of dense convolution multiply-adds, of the real
+# matrix multiply-adds of the spectral channel mixing and of FFT flops (2.5 N log2 N per
+# real transform of N points). Then a fixed cost per spectral call in seconds, and for
+# each strategy the time of a forward+backward pass over that of a forward pass. On CPU the dense
 # backward costs far more than its forward, so training favours the spectral path.
 _THROUGHPUT = {
     "cpu": {
