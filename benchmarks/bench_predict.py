@@ -9,7 +9,7 @@ runs in a fresh child process (so peak resident memory is its own), bare and
 pipeline runs alternate, and the median of the repeats is reported.
 
 Part ``tta``: a small GMRUNet with random weights segments a random volume
-with every one of the 48 cube symmetries; the script prints the largest change
+with every one of the 48 cube symmetries. The script prints the largest change
 of any class probability against no augmentation, once with gmrseg's
 symmetric window layout and once with MONAI's default window placement.
 
