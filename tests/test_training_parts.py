@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gmrseg.errors import InputError
-from gmrseg.training.distributed import DistributedContext, all_reduce_mean, init_distributed
+from gmrseg.training.distributed import DistributedContext, all_reduce_mean, all_reduce_sum, init_distributed
 from gmrseg.training.losses import SegmentationLoss
 from gmrseg.training.optimizer import build_optimizer
 from gmrseg.training.progress import plot_progress, write_metrics_csv
@@ -106,6 +106,7 @@ def test_single_process_context(monkeypatch):
     assert context.is_main
     assert not context.is_distributed
     assert all_reduce_mean(2.5, context) == 2.5
+    assert all_reduce_sum([1.0, 2.0], context) == [1.0, 2.0]
 
 
 def test_invalid_device_is_input_error(monkeypatch):

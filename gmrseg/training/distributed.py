@@ -17,7 +17,7 @@ import torch.distributed as dist
 from gmrseg.errors import InputError
 from gmrseg.utils.device import resolve_device
 
-__all__ = ["DistributedContext", "all_reduce_mean", "barrier", "broadcast_object", "init_distributed",
+__all__ = ["DistributedContext", "all_reduce_mean", "all_reduce_sum", "barrier", "broadcast_object", "init_distributed",
            "shutdown_distributed"]
 
 
@@ -118,6 +118,15 @@ def all_reduce_mean(value: float, context: DistributedContext) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / context.world_size
+
+
+def all_reduce_sum(values: list[float], context: DistributedContext) -> list[float]:
+    """Return the element-wise sums of ``values`` over all processes."""
+    if not context.is_distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
 
 
 def broadcast_object(value: Any, context: DistributedContext) -> Any:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from gmrseg.errors import InputError
 from gmrseg.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from gmrseg.training.config import Config, config_to_dict
-from gmrseg.training.distributed import DistributedContext, all_reduce_mean, barrier
+from gmrseg.training.distributed import DistributedContext, all_reduce_mean, all_reduce_sum, barrier
 from gmrseg.training.logs import fold_logging
 from gmrseg.training.losses import build_loss
 from gmrseg.training.optimizer import build_optimizer
@@ -266,6 +266,11 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Segment the validation cases with Gaussian-blended sliding windows.
 
+        Under torchrun each process segments every ``world_size``-th case and
+        MONAI's ``DiceMetric`` gathers the results, so every process returns
+        the same numbers. With fewer cases than processes every process
+        segments every case, which leaves the means unchanged.
+
         Returns:
             ``{"val_loss", "dice_<class>" per foreground class, "dice_mean"}``.
             A class absent from every reference and prediction has Dice NaN
@@ -280,23 +285,29 @@ class Trainer:
         def predictor(window: torch.Tensor) -> torch.Tensor:
             return _full_resolution(self.network(window))
 
-        losses = []
-        for index in range(len(self.val_cases)):
+        indices = range(len(self.val_cases))
+        if self.context.is_distributed and len(self.val_cases) >= self.context.world_size:
+            indices = range(self.context.rank, len(self.val_cases), self.context.world_size)
+
+        loss_sum = 0.0
+        for index in indices:
             case = self.val_cases[index]
             image = torch.as_tensor(case["image"]).float().unsqueeze(0).to(self.device)
             label = torch.as_tensor(case["label"]).long().unsqueeze(0).to(self.device)
             if hasattr(image, "as_tensor"):
                 image, label = image.as_tensor(), label.as_tensor()
             with self._autocast():
-                logits = sliding_window_inference(image, roi_size=list(patch_size), sw_batch_size=validation.sw_batch_size,
-                                                  predictor=predictor, overlap=validation.overlap, mode="gaussian")
+                logits = sliding_window_inference(image, roi_size=list(patch_size),
+                                                  sw_batch_size=validation.sw_batch_size, predictor=predictor,
+                                                  overlap=validation.overlap, mode="gaussian")
             logits = logits.float()
-            losses.append(float(self.loss_function(logits, label)))
+            loss_sum += float(self.loss_function(logits, label))
             prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes)
             metric(y_pred=prediction, y=one_hot(label, num_classes))
 
         dice = metric.aggregate().cpu().tolist()
-        result = {"val_loss": sum(losses) / len(losses)}
+        loss_sum, count = all_reduce_sum([loss_sum, float(len(indices))], self.context)
+        result = {"val_loss": loss_sum / count}
         for name, value in zip(self.foreground_names, dice):
             result[f"dice_{name}"] = value
         finite = [value for value in dice if not math.isnan(value)]
@@ -330,9 +341,7 @@ class Trainer:
             row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
             is_last = self.epoch == training.epochs
             if len(self.val_cases) > 0 and (self.epoch % self.config.validation.interval == 0 or is_last):
-                if self.context.is_main:
-                    row.update(self.validate())
-                barrier(self.context)
+                row.update(self.validate())
             row["seconds"] = time.perf_counter() - start
             self._record(row, epoch_logger)
 
