@@ -1,7 +1,7 @@
 """Training quality: train one fold, then measure Dice upright and randomly rotated.
 
 Trains ``gmrseg train DATASET -c CONFIG -o OUT --fold F`` (skipped with
-``--skip-train`` when OUT already holds the fold), then segments the fold's
+``--skip-train`` when OUT already contains the trained fold), then segments the fold's
 validation cases with the best checkpoint through the full prediction path
 (``Predictor.segment``: preprocessing, sliding windows, resampling back) twice:
 as stored, and after a uniform random 3D rotation of each case about its

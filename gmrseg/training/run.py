@@ -1,11 +1,16 @@
 """``gmrseg train``: validate a dataset, plan, and train one fold or all five.
 
-The stages, in order: load the config; check the dataset folder (stop with
-the report when it has problems); plan preprocessing; write the run folder's
-shared files; split the cases into folds; preprocess the cases; train each
-requested fold with ``Trainer``. Under ``torchrun`` every process runs the
-same stages; rank 0 writes the run files and logs, and every process
-fills the shared preprocessed cache (atomic writes, so they never clash).
+Stages, in order:
+
+1. load the config;
+2. check the dataset folder and stop with the report when it has problems;
+3. plan preprocessing and write the run folder's shared files;
+4. split the cases into folds;
+5. preprocess the cases and train each requested fold with ``Trainer``.
+
+Under ``torchrun`` every process runs the same stages. Rank 0 writes the run
+files and logs. Every process fills the shared preprocessed cache, whose
+atomic writes keep concurrent writers from clashing.
 """
 
 from __future__ import annotations
