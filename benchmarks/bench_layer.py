@@ -58,16 +58,18 @@ def _eval_step(layer: nn.Module, x: torch.Tensor) -> None:
         layer(x)
 
 
-def time_pair(dense: nn.Module, gmr: nn.Module, x: torch.Tensor, step, repeats: int, device: str) -> tuple[float, float]:
-    """Return the median seconds of ``step`` for both layers, runs alternated, after one warm-up each."""
+def time_pair(
+    dense: nn.Module, gmr: nn.Module, x: torch.Tensor, step, repeats: int, device: str, warmup: int = 1
+) -> tuple[float, float]:
+    """Return the median seconds of ``step`` for both layers, runs alternated, after ``warmup`` untimed runs each."""
     times = {"dense": [], "gmr": []}
-    for index in range(repeats + 1):
+    for index in range(warmup + repeats):
         for name, layer in (("dense", dense), ("gmr", gmr)):
             _sync(device)
             start = time.perf_counter()
             step(layer, x)
             _sync(device)
-            if index > 0:
+            if index >= warmup:
                 times[name].append(time.perf_counter() - start)
     return statistics.median(times["dense"]), statistics.median(times["gmr"])
 
@@ -124,6 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[48, 64], help="cubic volume sizes in voxels")
     parser.add_argument("--kernels", type=int, nargs="+", default=[3, 5, 7, 9], help="kernel sizes")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per layer and mode (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per layer and mode before timing")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--strategy", default="auto", help="GMRConv3d strategy to time (default auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
@@ -156,8 +159,8 @@ def main(argv=None) -> None:
                 dense, gmr = build_layers(channels, kernel_size, args.strategy, args.device)
                 x = torch.randn(BATCH, channels, size, size, size, device=args.device, requires_grad=True)
                 chosen = gmr.resolve_strategy(x.shape, x.device)
-                train_dense, train_gmr = time_pair(dense, gmr, x, _train_step, args.repeats, args.device)
-                eval_dense, eval_gmr = time_pair(dense, gmr, x, _eval_step, args.repeats, args.device)
+                train_dense, train_gmr = time_pair(dense, gmr, x, _train_step, args.repeats, args.device, args.warmup)
+                eval_dense, eval_gmr = time_pair(dense, gmr, x, _eval_step, args.repeats, args.device, args.warmup)
                 memory = "n/a | n/a"
                 if not args.no_memory:
                     mem_dense = measure_memory("dense", channels, size, kernel_size, args)

@@ -68,8 +68,9 @@ def test_strategy_matches_dense_2d(strategy):
 def test_spectral_gradcheck_float64():
     torch.manual_seed(0)
     layer = GMRConv3d(2, 2, 3, strategy="spectral", groups=2, dtype=torch.float64)
-    x = torch.randn(1, 2, 5, 6, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda inp, w, s: _call_with(layer, inp, w, s), (x, layer.weight, layer.log_sigma))
+    x = torch.randn(1, 2, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+    inputs = (x, layer.weight, layer.log_sigma)
+    assert torch.autograd.gradcheck(lambda inp, w, s: _call_with(layer, inp, w, s), inputs, fast_mode=True)
 
 
 def _call_with(layer, x, weight, log_sigma):
@@ -90,9 +91,9 @@ def test_auto_choice_by_kernel_size_and_mode():
 def test_cost_model_grows_with_kernel_only_for_dense():
     shape = (2, 16, 32, 32, 32)
     small = estimate_costs(shape, 16, 3, 2, padding=1)
-    large = estimate_costs(shape, 16, 9, 2, padding=1)
+    large = estimate_costs(shape, 16, 9, 2, padding=4)
     assert large["dense"] == pytest.approx(small["dense"] * 27)
-    assert large["spectral"] == pytest.approx(small["spectral"])
+    assert large["spectral"] < 1.5 * small["spectral"]
 
 
 def test_auto_result_matches_dense():
