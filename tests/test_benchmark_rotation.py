@@ -270,15 +270,31 @@ def test_one_model_end_to_end(tmp_path):
     for scores in results["dice"]["gmrunet"].values():
         assert sorted(scores["per_class"]) == ["anterior", "posterior"]
         assert 0.0 <= scores["mean"] <= 1.0
+        # The whole hippocampus (anterior + posterior) is scored as one region too.
+        assert list(scores["regions"]) == ["whole"]
+        assert 0.0 <= scores["regions"]["whole"] <= 1.0
     # Predictions keep each rotated scan's grid, so evaluate could compare them.
     for name in set_names:
         assert len(list((out / "predictions" / "gmrunet" / name).glob("*.nii.gz"))) == 1
     assert "| upright | 1 |" in (out / "results.md").read_text()
-    assert (out / "results.csv").read_text().count("\n") == 1 + 5 * 3
+    # 5 sets x (2 classes, their mean, the whole structure)
+    assert (out / "results.csv").read_text().count("\n") == 1 + 5 * 4
     assert (out / "dice_vs_angle.png").read_bytes()[:4] == b"\x89PNG"
     # A second run into the same folder needs --overwrite.
     assert main(["--out", str(out), "--models", "gmrunet", *TINY]) == 2
     assert (out / "results.json").is_file()
+
+    # --rescore evaluates the saved predictions again and rewrites the tables.
+    (out / "results.md").unlink()
+    assert main(["--out", str(out), "--rescore"]) == 0
+    rescored = json.loads((out / "results.json").read_text())
+    assert rescored["dice"] == results["dice"]
+    assert "| upright | 1 |" in (out / "results.md").read_text()
+
+
+def test_rescore_needs_finished_run(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--rescore"]) == 2
+    assert "results.json not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -314,7 +330,7 @@ def test_three_models_end_to_end(tmp_path):
     assert configs["gmrunet"]["optim"] == configs["unet_rotaug"]["optim"]
 
     assert "| upright | 1 |" in (out / "results.md").read_text()
-    assert (out / "results.csv").read_text().count("\n") == 1 + 3 * 5 * 3
+    assert (out / "results.csv").read_text().count("\n") == 1 + 3 * 5 * 4
     assert (out / "dice_vs_angle.png").read_bytes()[:4] == b"\x89PNG"
 
     # A second run into the same folder needs --overwrite, which replaces it.

@@ -21,11 +21,14 @@ from gmrseg.utils.files import save_json_atomic
 __all__ = [
     "base_config_values",
     "count_parameters",
+    "evaluate_folder",
     "hardware_summary",
     "predict_and_evaluate",
+    "predict_folder",
     "prepare_benchmark_dir",
     "torch_threads",
     "train_with_config",
+    "write_region_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,18 +206,25 @@ def train_with_config(values: dict[str, Any], config_path: Path, dataset_dir: Pa
     }
 
 
-def predict_and_evaluate(run_dir: str | Path, images: Path, labels: Path, predictions: Path, report: Path, *,
-                         dataset_json: Path, device: str, tta: str | None, overlap: float) -> dict[str, Any]:
-    """Segment a folder of scans with ``gmrseg predict`` and score it with ``gmrseg evaluate``.
+def write_region_labels(path: Path, regions: dict[str, Sequence[int]]) -> Path:
+    """Write a dataset.json-style file whose classes are unions of label values (``{"name": [1, 2]}``).
 
-    Returns:
-        ``{"per_class": {class: mean Dice}, "mean": mean over classes, "cases":
-        number of cases, "seconds": prediction wall time}``.
+    ``gmrseg evaluate`` scores each region as one mask, e.g. the whole
+    structure of a dataset that splits it into parts.
+    """
+    labels: dict[str, Any] = {"background": 0}
+    labels.update({name: [int(value) for value in values] for name, values in regions.items()})
+    save_json_atomic(path, {"labels": labels})
+    return path
+
+
+def predict_folder(run_dir: str | Path, images: Path, predictions: Path, *, device: str, tta: str | None,
+                   overlap: float) -> float:
+    """Segment a folder of scans with ``gmrseg predict``; return the wall time in seconds.
 
     Raises:
         RuntimeError: a case failed to predict (its error is in the log).
     """
-    from gmrseg.evaluation.evaluate import evaluate
     from gmrseg.inference.predictor import predict
 
     start = time.perf_counter()
@@ -222,12 +232,40 @@ def predict_and_evaluate(run_dir: str | Path, images: Path, labels: Path, predic
     seconds = time.perf_counter() - start
     if failures:
         raise RuntimeError(f"{failures} case(s) of {images} failed to predict with {run_dir}; see the log above")
+    return seconds
+
+
+def evaluate_folder(predictions: Path, labels: Path, report: Path, *, dataset_json: Path,
+                    region_json: Path | None = None) -> dict[str, Any]:
+    """Score predictions with ``gmrseg evaluate``, per class and (optionally) per region.
+
+    Returns:
+        ``{"per_class": {class: mean Dice}, "mean": mean over classes, "cases":
+        number of cases, "regions": {region: mean Dice}}`` (``regions`` is empty
+        without ``region_json``). Reports go to ``report`` and ``report_regions``.
+    """
+    from gmrseg.evaluation.evaluate import evaluate
 
     evaluation = evaluate(predictions, labels, dataset_json=dataset_json, output=report)
     summary = evaluation["summary"]
-    return {
+    scores: dict[str, Any] = {
         "per_class": {name: summary[name]["dice"]["mean"] for name in evaluation["classes"]},
         "mean": summary["mean_dice_over_classes"],
         "cases": len(evaluation["cases"]),
-        "seconds": seconds,
+        "regions": {},
     }
+    if region_json is not None:
+        regions = evaluate(predictions, labels, dataset_json=region_json,
+                           output=report.with_name(report.name + "_regions"))
+        scores["regions"] = {name: regions["summary"][name]["dice"]["mean"] for name in regions["classes"]}
+    return scores
+
+
+def predict_and_evaluate(run_dir: str | Path, images: Path, labels: Path, predictions: Path, report: Path, *,
+                         dataset_json: Path, device: str, tta: str | None, overlap: float,
+                         region_json: Path | None = None) -> dict[str, Any]:
+    """Run :func:`predict_folder` then :func:`evaluate_folder`; the scores also carry ``"seconds"``."""
+    seconds = predict_folder(run_dir, images, predictions, device=device, tta=tta, overlap=overlap)
+    scores = evaluate_folder(predictions, labels, report, dataset_json=dataset_json, region_json=region_json)
+    scores["seconds"] = seconds
+    return scores

@@ -37,11 +37,13 @@ from gmrseg.benchmarking.common import (
     prepare_benchmark_dir,
     torch_threads,
     train_with_config,
+    write_region_labels,
 )
 from gmrseg.errors import InputError
 from gmrseg.utils.files import save_json_atomic, save_text_atomic
 
-__all__ = ["MODELS", "ModelSpec", "RotationBenchmarkSettings", "build_parser", "main", "run_rotation_benchmark"]
+__all__ = ["MODELS", "ModelSpec", "RotationBenchmarkSettings", "WHOLE_STRUCTURE", "build_parser", "main",
+           "rescore_rotation_benchmark", "run_rotation_benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ MODELS = {
     "unet": ModelSpec("unet", "dense UNet", "unet", False),
     "unet_rotaug": ModelSpec("unet_rotaug", "dense UNet + rotation aug.", "unet", True),
 }
+
+# Name of the region that joins every foreground class (the whole hippocampus).
+WHOLE_STRUCTURE = "whole"
 
 # Files and folders the benchmark writes; --overwrite removes only these.
 _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
@@ -198,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the case split, the random rotations and training (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier benchmark in --out")
+    parser.add_argument("--rescore", action="store_true",
+                        help="only evaluate the predictions of a finished benchmark in --out again and rewrite its "
+                        "tables and plot (nothing is trained or predicted)")
     return parser
 
 
@@ -284,8 +292,16 @@ def _train_model(settings: RotationBenchmarkSettings, spec: ModelSpec, data_dir:
             "rotation_augmentation": spec.rotation_augmentation, **trained}
 
 
+def _region_json(out: Path, labels: dict[str, int]) -> Path | None:
+    """Write the whole-structure region (union of every foreground class) when there are several classes."""
+    foreground = sorted(value for value in labels.values() if value != 0)
+    if len(foreground) < 2:
+        return None
+    return write_region_labels(out / "evaluation" / "regions.json", {WHOLE_STRUCTURE: foreground})
+
+
 def _test_model(settings: RotationBenchmarkSettings, model: dict[str, Any], test_sets: dict[str, Path],
-                data_dir: Path) -> dict[str, dict[str, Any]]:
+                data_dir: Path, region_json: Path | None) -> dict[str, dict[str, Any]]:
     """Predict and evaluate every test set; return the scores per set."""
     scores = {}
     for name, folder in test_sets.items():
@@ -294,10 +310,15 @@ def _test_model(settings: RotationBenchmarkSettings, model: dict[str, Any], test
             settings.out / "predictions" / model["key"] / name, settings.out / "evaluation" / model["key"] / name,
             dataset_json=data_dir / "dataset.json", device=settings.device,
             tta=None if settings.tta == "default" else settings.tta, overlap=settings.overlap,
+            region_json=region_json,
         )
         logger.info("%s on %s: mean Dice %.3f over %d case(s)", model["label"], name, scores[name]["mean"],
                     scores[name]["cases"])
     return scores
+
+
+def _dice_entry(scores: dict[str, Any]) -> dict[str, Any]:
+    return {"per_class": scores["per_class"], "mean": scores["mean"], "regions": scores.get("regions", {})}
 
 
 def run_rotation_benchmark(settings: RotationBenchmarkSettings) -> dict[str, Any]:
@@ -317,7 +338,7 @@ def run_rotation_benchmark(settings: RotationBenchmarkSettings) -> dict[str, Any
 
 def _run(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     from gmrseg.benchmarking.rotated_sets import build_rotation_settings, write_rotated_test_sets
-    from gmrseg.benchmarking.rotation_report import check_goal, format_csv, format_markdown, plot_dice_against_angle
+    from gmrseg.benchmarking.rotation_report import check_goal
     from gmrseg.data.dataset import load_dataset
     from gmrseg.data.example_data import make_example_dataset
 
@@ -342,17 +363,18 @@ def _run(settings: RotationBenchmarkSettings) -> dict[str, Any]:
                                         file_ending=spec.file_ending, random_per_case=max(settings.random_per_case, 1),
                                         seed=settings.seed)
     case_counts = {name: len(list((folder / "labelsTs").iterdir())) for name, folder in test_sets.items()}
+    region_json = _region_json(settings.out, spec.labels)
 
     # Models: train each, then predict and evaluate every test set.
     models = []
     dice = {}
     for key in settings.models:
         model = _train_model(settings, MODELS[key], data_dir)
-        scores = _test_model(settings, model, test_sets, data_dir)
+        scores = _test_model(settings, model, test_sets, data_dir, region_json)
         seconds = sum(entry["seconds"] for entry in scores.values())
         model["inference_seconds"] = seconds
         model["inference_seconds_per_case"] = seconds / max(sum(entry["cases"] for entry in scores.values()), 1)
-        dice[key] = {name: {"per_class": entry["per_class"], "mean": entry["mean"]} for name, entry in scores.items()}
+        dice[key] = {name: _dice_entry(entry) for name, entry in scores.items()}
         models.append(model)
 
     stored_settings["patch_size"] = _resolved_patch_size(models)
@@ -372,12 +394,53 @@ def _run(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     }
     results["goal"] = check_goal(results)
 
-    # Outputs: tables, plot, and everything in JSON.
-    save_text_atomic(settings.out / "results.md", format_markdown(results))
-    save_text_atomic(settings.out / "results.csv", format_csv(results))
-    plot_dice_against_angle(results, settings.out / "dice_vs_angle.png")
-    save_json_atomic(settings.out / "results.json", results)
+    _write_outputs(results, settings.out)
     logger.info("Rotation benchmark finished in %.0f s; results in %s", results["total_seconds"], settings.out)
+    return results
+
+
+def _write_outputs(results: dict[str, Any], out: Path) -> None:
+    """Write results.md, results.csv, dice_vs_angle.png and results.json (each atomically)."""
+    from gmrseg.benchmarking.rotation_report import format_csv, format_markdown, plot_dice_against_angle
+
+    save_text_atomic(out / "results.md", format_markdown(results))
+    save_text_atomic(out / "results.csv", format_csv(results))
+    plot_dice_against_angle(results, out / "dice_vs_angle.png")
+    save_json_atomic(out / "results.json", results)
+
+
+def rescore_rotation_benchmark(out: str | Path) -> dict[str, Any]:
+    """Evaluate a finished benchmark's predictions again and rewrite its tables and plot.
+
+    Nothing is trained or predicted: the predictions in ``out/predictions``
+    are scored against the test sets in ``out/test_sets`` with the current
+    ``gmrseg evaluate``, per class and for the whole structure.
+
+    Raises:
+        FileNotFoundError: ``out`` has no results.json (the benchmark did not finish).
+    """
+    from gmrseg.benchmarking.common import evaluate_folder
+    from gmrseg.benchmarking.rotation_report import check_goal
+    from gmrseg.data.dataset import load_dataset
+
+    out = Path(out)
+    results_path = out / "results.json"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} not found; --rescore needs the folder of a finished benchmark run")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    data_dir = out / "data"
+    region_json = _region_json(out, load_dataset(data_dir).labels)
+
+    for model in results["models"]:
+        for entry in results["sets"]:
+            name = entry["name"]
+            scores = evaluate_folder(out / "predictions" / model["key"] / name, out / "test_sets" / name / "labelsTs",
+                                     out / "evaluation" / model["key"] / name, dataset_json=data_dir / "dataset.json",
+                                     region_json=region_json)
+            results["dice"][model["key"]][name] = _dice_entry(scores)
+    results["goal"] = check_goal(results)
+    _write_outputs(results, out)
+    logger.info("Rescored %s", out)
     return results
 
 
@@ -401,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     settings = settings_from_args(args, argv)
     try:
-        results = run_rotation_benchmark(settings)
+        results = rescore_rotation_benchmark(settings.out) if args.rescore else run_rotation_benchmark(settings)
     except (InputError, FileNotFoundError, FileExistsError) as error:
         print(f"gmrseg benchmark rotation: error: {error}", file=sys.stderr)
         return 2

@@ -51,6 +51,19 @@ def _set_label(entry: dict[str, Any]) -> str:
     return f"{entry['angle_deg']:g}° about {entry['axis']}"
 
 
+def _region_names(results: dict[str, Any]) -> list[str]:
+    names: dict[str, None] = {}
+    for per_set in results["dice"].values():
+        for scores in per_set.values():
+            names.update(dict.fromkeys(scores.get("regions", {})))
+    return list(names)
+
+
+def _region_dice(results: dict[str, Any], model: str, set_name: str, region: str) -> float | None:
+    entry = results["dice"].get(model, {}).get(set_name)
+    return None if entry is None else entry.get("regions", {}).get(region)
+
+
 def check_goal(results: dict[str, Any]) -> dict[str, Any]:
     """Check the benchmark's goal on the measured numbers.
 
@@ -131,6 +144,15 @@ def format_markdown(results: dict[str, Any]) -> str:
             cells.extend(_number(per_class.get(name)) for name in classes)
         lines.append(f"| {_set_label(entry)} | " + " | ".join(cells) + " |")
 
+    region_names = _region_names(results)
+    for region in region_names:
+        lines += ["", f"## Dice of the {region} structure (union of every class)", "",
+                  "| test set | " + " | ".join(model["label"] for model in models) + " |",
+                  "|---|" + "---:|" * len(models)]
+        for entry in results["sets"]:
+            cells = [_number(_region_dice(results, model["key"], entry["name"], region)) for model in models]
+            lines.append(f"| {_set_label(entry)} | " + " | ".join(cells) + " |")
+
     goal = results.get("goal") or check_goal(results)
     if goal["checks"]:
         lines += ["", "## Goal", ""]
@@ -144,7 +166,11 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 
 def format_csv(results: dict[str, Any]) -> str:
-    """Return one CSV row per model, test set and class (class ``mean`` is the mean over classes)."""
+    """Return one CSV row per model, test set and class.
+
+    Class ``mean`` is the mean over classes, and ``region:NAME`` rows hold the
+    Dice of a union of classes (for example the whole structure).
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "network", "rotation_augmentation", "parameters", "test_set", "axis", "angle_deg",
@@ -160,48 +186,63 @@ def format_csv(results: dict[str, Any]) -> str:
             for name in results["classes"]:
                 writer.writerow(prefix + [name, _number(scores["per_class"].get(name), 4)])
             writer.writerow(prefix + ["mean", _number(scores["mean"], 4)])
+            for region, value in scores.get("regions", {}).items():
+                writer.writerow(prefix + [f"region:{region}", _number(value, 4)])
     return buffer.getvalue()
 
 
-def plot_dice_against_angle(results: dict[str, Any], path: str | Path) -> None:
-    """Plot mean Dice against rotation angle per model and write a PNG (atomic).
+def _plot_panel(axes, results: dict[str, Any], score, title: str) -> None:
+    """Draw one panel: ``score(model_key, set_name)`` against angle per model, random rotations dashed."""
+    import matplotlib.pyplot as plt
 
-    Lines are the mean over the three axes (markers show each axis); the
-    random-rotation Dice of each model is a dashed line in the same colour.
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = {"x": "^", "y": "s", "z": "D"}
+    for index, model in enumerate(results["models"]):
+        color = colors[index % len(colors)]
+        by_angle: dict[float, list[float]] = {}
+        for entry in results["sets"]:
+            value = score(model["key"], entry["name"])
+            if entry["angle_deg"] is None or value is None:
+                continue
+            by_angle.setdefault(float(entry["angle_deg"]), []).append(value)
+            if entry["axis"] is not None:
+                axes.scatter(entry["angle_deg"], value, color=color, marker=markers[entry["axis"]], s=14, alpha=0.5)
+        if by_angle:
+            angles = sorted(by_angle)
+            axes.plot(angles, [sum(by_angle[angle]) / len(by_angle[angle]) for angle in angles], color=color,
+                      marker="o", label=model["label"])
+        random_value = score(model["key"], "random")
+        if random_value is not None:
+            axes.axhline(random_value, color=color, linestyle="--", linewidth=1, label=f"{model['label']}, random 3D")
+
+    axes.set_xlabel("rotation about one axis (degrees); ▲ x, ■ y, ◆ z")
+    axes.set_ylim(0.0, 1.0)
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+
+
+def plot_dice_against_angle(results: dict[str, Any], path: str | Path) -> None:
+    """Plot Dice against rotation angle per model and write a PNG (atomic).
+
+    Lines are the mean over the three axes, and markers show each axis. The
+    random-rotation Dice of each model is a dashed line in the same colour. A
+    second panel shows the whole-structure Dice when the results have it.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    markers = {"x": "^", "y": "s", "z": "D"}
-    for index, model in enumerate(results["models"]):
-        color = colors[index % len(colors)]
-        scores = results["dice"].get(model["key"], {})
-        by_angle: dict[float, list[float]] = {}
-        for entry in results["sets"]:
-            if entry["angle_deg"] is None or entry["name"] not in scores:
-                continue
-            value = scores[entry["name"]]["mean"]
-            by_angle.setdefault(float(entry["angle_deg"]), []).append(value)
-            if entry["axis"] is not None:
-                axes.scatter(entry["angle_deg"], value, color=color, marker=markers[entry["axis"]], s=14, alpha=0.5)
-        if by_angle:
-            angles = sorted(by_angle)
-            axes.plot(angles, [sum(by_angle[a]) / len(by_angle[a]) for a in angles], color=color, marker="o",
-                      label=model["label"])
-        if "random" in scores:
-            axes.axhline(scores["random"]["mean"], color=color, linestyle="--", linewidth=1,
-                         label=f"{model['label']}, random 3D")
-
-    axes.set_xlabel("rotation angle about one axis (degrees); markers: ▲ x, ■ y, ◆ z")
-    axes.set_ylabel("mean Dice over classes")
-    axes.set_ylim(0.0, 1.0)
-    axes.set_title(f"Rotation robustness on {results['settings']['dataset']} (trained upright)")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8, loc="lower left")
+    regions = _region_names(results)
+    figure, panels = plt.subplots(1, 1 + len(regions[:1]), figsize=(7.5 * (1 + len(regions[:1])), 4.5), dpi=110,
+                                  squeeze=False)
+    _plot_panel(panels[0][0], results, lambda model, name: _dice(results, model, name),
+                f"Mean Dice over classes, {results['settings']['dataset']} (trained upright)")
+    panels[0][0].set_ylabel("Dice")
+    panels[0][0].legend(fontsize=7, loc="lower left")
+    for region in regions[:1]:
+        _plot_panel(panels[0][1], results, lambda model, name: _region_dice(results, model, name, region),
+                    f"Dice of the {region} structure (union of classes)")
     figure.tight_layout()
     with atomic_write_path(path) as temporary:
         figure.savefig(temporary, format="png")
