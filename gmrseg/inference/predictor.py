@@ -412,7 +412,9 @@ def predict(
 
     failed: list[str] = []
     description = f"predict (rank {context.rank})" if context.is_distributed else "predict"
-    for job in tqdm(mine, desc=description, unit="case", position=context.rank if context.is_distributed else None):
+    # disable=None hides the bar when stderr is not a terminal (a log file or a pipe).
+    for job in tqdm(mine, desc=description, unit="case", disable=None,
+                    position=context.rank if context.is_distributed else None):
         try:
             timings = predictor.predict_job(job, overwrite=overwrite)
         except Exception as error:  # noqa: BLE001 - one bad case must not stop the others

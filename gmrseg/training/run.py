@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,8 @@ def _train_fold(
             "scale_range": augmentation.scale_range, "intensity": augmentation.intensity,
             "probability": augmentation.probability,
         },
-        seed=config.training.seed, progress=not quiet and context.is_main,
+        # Bars only on a terminal: in a log file they would be one line per update.
+        seed=config.training.seed, progress=not quiet and context.is_main and sys.stderr.isatty(),
     )
     logger.info("Fold %d: %d training and %d validation cases, patch %s, rotation augmentation %s", fold,
                 len(split["train"]), len(val_ids), config.data.patch_size, "on" if rotation else "off")
