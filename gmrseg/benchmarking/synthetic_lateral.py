@@ -80,7 +80,7 @@ def synthesize_lateral_case(shape: Sequence[int], spacing: float, rng: np.random
             -rng.uniform(0.05, 0.3) * body_axes[1],
             rng.uniform(-0.25, 0.25) * body_axes[2],
         ])
-        semi_axes = rng.uniform([2.2, 2.2, 3.5], [3.2, 3.2, 5.0])
+        semi_axes = rng.uniform([3.0, 3.0, 4.5], [4.2, 4.2, 6.0])
         rotation = Rotation.from_euler("xyz", rng.uniform(-25, 25, size=3), degrees=True).as_matrix()
         kidneys[name] = (_ellipsoid(grid, body_center + offset, semi_axes, rotation) & body,
                          rng.uniform(140.0, 180.0))
