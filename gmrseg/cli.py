@@ -133,7 +133,7 @@ def _add_demo(subparsers) -> None:
         "demo",
         help="example data, training, prediction and evaluation end to end on CPU",
         description="Write the shipped hippocampus example dataset, train with configs/quick.yaml, predict the "
-        "held-out scans and print the Dice table. About 10 minutes on 2 CPU cores; works offline.",
+        "held-out scans and print the Dice table. Works offline; --epochs 1 gives a quick smoke run.",
     )
     parser.add_argument("--out", type=Path, default=Path("gmrseg_demo"), help="output folder (default: ./gmrseg_demo)")
     parser.add_argument("--device", default="auto", help=_DEVICE_HELP)

@@ -1,8 +1,8 @@
 """The demo: example data, training, prediction and evaluation end to end.
 
 Everything it needs ships with the package (the hippocampus example scans and
-``configs/quick.yaml``), so it runs offline. It is sized for a CPU: about 10
-minutes on 2 cores (see docs/benchmarks.md for the measured time and Dice).
+``configs/quick.yaml``), so it runs offline. It is sized for a CPU.
+docs/benchmarks.md records the time and Dice measured so far.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoResult:
-    """Where the demo wrote its files, its evaluation report, and the seconds per stage."""
+    """Output paths of a demo run, its evaluation report, and the seconds per stage."""
 
     dataset_dir: Path
     run_dir: Path
