@@ -80,8 +80,9 @@ _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
 
 _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 
-# CPU defaults: 8 held-out cases x 17 test sets x 3 models stay within the
-# 30-minute budget on 2 cores together with the three trainings.
+# CPU defaults: 8 held-out cases in 17 test sets (144 scans per model). NOTE: sized
+# for about 30 minutes on 2 idle cores from per-step timings (an estimate); on the
+# shared 2-core machine of docs/benchmarks.md the run took 103 minutes.
 _CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto"}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
 _FULL_DEFAULTS = {"base_config": "default", "test_cases": None, "random_per_case": 4, "device": "auto",
