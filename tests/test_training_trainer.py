@@ -256,6 +256,7 @@ make_trainer(Path({fold!r}), make_config(epochs=3)).fit()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_resumes(tmp_path):
     fold_dir = tmp_path / "fold_0"
     marker = tmp_path / "writing"
@@ -284,6 +285,27 @@ def test_sigkill_during_checkpoint_write_resumes(tmp_path):
     assert resumed.epoch == 3
     assert not temporary.exists()
     assert load_checkpoint(fold_dir / "checkpoint_last.pt")["epoch"] == 3
+
+
+def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    """In-process counterpart of the SIGKILL test: the write fails before its rename."""
+    writes = {"count": 0}
+
+    def fail_third_write(temporary):
+        writes["count"] += 1
+        if writes["count"] == 3:  # epoch 1 writes last and best; the third write is epoch 2's last
+            raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "_before_rename", fail_third_write)
+    with pytest.raises(OSError, match="disk full"):
+        make_trainer(tmp_path, make_config(epochs=3)).fit()
+    assert load_checkpoint(tmp_path / "checkpoint_last.pt")["epoch"] == 1
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp.pt")]
+
+    monkeypatch.setattr(checkpoint_module, "_before_rename", None)
+    resumed = make_trainer(tmp_path, make_config(epochs=3))
+    resumed.fit(resume=True)
+    assert resumed.epoch == 3
 
 
 def test_corrupt_checkpoint_message(tmp_path):
