@@ -824,7 +824,7 @@ def write_segmentation(array: np.ndarray, geometry: ImageGeometry, path: str | o
         raise InputError(f"{path}: segmentation data type {array.dtype} is not numeric.")
     _check_output_path(path, geometry, overwrite)
 
-    # Smallest integer type that holds the values.
+    # Smallest integer type that can store the values.
     low = int(array.min()) if array.size else 0
     high = int(array.max()) if array.size else 0
     if low >= 0 and high <= 255:

@@ -156,7 +156,7 @@ def convert_to_gmr(
 
     Raises:
         InputError: ``kernel_size`` is not an odd positive int, ``weight_init`` is
-            unknown, or ``gmr_kwargs`` holds an argument the GMR layers reject.
+            unknown, or ``gmr_kwargs`` contains an argument the GMR layers reject.
     """
     if kernel_size is not None and (
         isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0
