@@ -263,3 +263,112 @@ def test_label_above_num_classes_raises(tmp_path):
     with pytest.raises(InputError, match="num_classes=2"):
         build_datasets(spec.training[:1], spec.training[1:], PreprocessingPlan(), tmp_path / "cache",
                        patch_size=(16, 16, 16), num_classes=2)
+
+
+def _field_of_view_sample(size=(20, 24, 28)):
+    image = torch.full((1, *size), 2.5)
+    label = torch.ones((1, *size), dtype=torch.int16)
+    return {"image": image, "label": label}
+
+
+def test_field_of_view_cut_blanks_beyond_oblique_planes():
+    from gmrseg.data.transforms import RandFieldOfViewCutd
+
+    cut = RandFieldOfViewCutd(prob=1.0, max_planes=1, max_fraction=0.4)
+    cut.set_random_state(seed=3)
+    fractions = []
+    for _ in range(20):
+        sample = _field_of_view_sample()
+        out = cut(sample)
+        blank = out["image"][0] == 0.0
+        fractions.append(float(blank.float().mean()))
+
+        # Image and label are blanked on the same voxels, and the input is left alone.
+        assert torch.equal(blank, out["label"][0] == 0)
+        assert torch.all(sample["image"] == 2.5)
+
+        # The blank region is a half-space: convex along every grid line, so each
+        # row is one run of blank voxels touching an edge of the patch.
+        rows = blank.reshape(-1, blank.shape[-1]).numpy()
+        for row in rows[rows.any(axis=1)]:
+            first, last = np.flatnonzero(row)[[0, -1]]
+            assert row[first:last + 1].all()
+            assert first == 0 or last == row.size - 1
+
+    fractions = np.array(fractions)
+    assert np.all(fractions <= 0.4 + 0.01)
+    assert fractions.max() > 0.1
+
+
+def test_field_of_view_cut_probability_zero_and_seeded():
+    from gmrseg.data.transforms import RandFieldOfViewCutd
+
+    never = RandFieldOfViewCutd(prob=0.0)
+    assert torch.all(never(_field_of_view_sample())["image"] == 2.5)
+
+    first, second = RandFieldOfViewCutd(prob=1.0), RandFieldOfViewCutd(prob=1.0)
+    first.set_random_state(seed=7)
+    second.set_random_state(seed=7)
+    for _ in range(3):
+        assert torch.equal(first(_field_of_view_sample())["image"], second(_field_of_view_sample())["image"])
+
+
+@pytest.mark.parametrize("kwargs", [{"prob": 1.5}, {"max_planes": 0}, {"max_fraction": 1.0}])
+def test_field_of_view_cut_rejects_bad_settings(kwargs):
+    from gmrseg.data.transforms import RandFieldOfViewCutd
+
+    with pytest.raises(InputError):
+        RandFieldOfViewCutd(**kwargs)
+
+
+def test_training_chain_applies_field_of_view_last(tmp_path):
+    from gmrseg.data.transforms import RandFieldOfViewCutd
+
+    chain = build_training_transform((16, 16, 16), 3, field_of_view=True)
+    assert isinstance(chain.transforms[-2], RandFieldOfViewCutd)
+    assert not any(isinstance(t, RandFieldOfViewCutd) for t in build_training_transform((16, 16, 16), 3).transforms)
+
+
+def _patch_starts(overhang, shape=(40, 30, 20), patch=(16, 16, 16), draws=200):
+    """Where each drawn patch starts, per axis, for a volume whose voxels hold their own x, y, z."""
+    from gmrseg.data.transforms import RandForegroundPatchd
+
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    volume = torch.as_tensor(np.stack(grids) + 1.0, dtype=torch.float32)  # +1: 0 marks padding
+    label = torch.zeros((1, *shape), dtype=torch.int16)
+    indices = [np.arange(int(np.prod(shape)))]
+    sampler = RandForegroundPatchd(["image"], patch, patch, [1.0], overhang=overhang)
+    sampler.set_random_state(seed=0)
+    starts = []
+    for _ in range(draws):
+        image = sampler({"image": volume, "label": label, "label_class_indices": indices})["image"]
+        inside = image[0] > 0
+        first = [int(image[axis][inside].min()) - 1 for axis in range(3)]
+        # Voxels before the volume's first voxel are padding: count them as a negative start.
+        pad = [int(np.argmax(inside.any(dim=tuple(a for a in range(3) if a != axis)).numpy())) for axis in range(3)]
+        starts.append([f - p for f, p in zip(first, pad)])
+    return np.array(starts)
+
+
+def test_patches_stay_inside_without_overhang():
+    starts = _patch_starts(0.0)
+    assert starts.min() >= 0
+    assert np.all(starts + 16 <= np.array([40, 30, 20]))
+
+
+def test_overhang_reaches_past_each_edge_by_at_most_its_share():
+    starts = _patch_starts(0.5)
+    ends = starts + 16
+    shape = np.array([40, 30, 20])
+
+    # Up to half the patch (8 voxels) may hang over either edge, and draws do reach both limits.
+    assert starts.min(axis=0).tolist() == [-8, -8, -8]
+    assert (ends - shape).max(axis=0).tolist() == [8, 8, 8]
+    assert starts.min() >= -8 and (ends - shape).max() <= 8
+
+
+def test_overhang_rejects_values_above_half():
+    from gmrseg.data.transforms import RandForegroundPatchd
+
+    with pytest.raises(InputError, match="overhang"):
+        RandForegroundPatchd(["image"], (8, 8, 8), (8, 8, 8), [1.0], overhang=0.6)

@@ -341,3 +341,55 @@ def test_torchrun_two_processes_write_each_file_once(tmp_path, run):
     for index in range(5):
         np.testing.assert_array_equal(_segmentation(tmp_path / "out" / f"case{index}.nii.gz"), _pattern(seed=index))
     assert json.loads((run / "plans.json").read_text())["network"]["name"] == "marker"
+
+
+class _AlwaysForeground(torch.nn.Module):
+    """Logits that pick class 1 on every voxel, whatever the input."""
+
+    size_divisor = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x[:, :1]), self.scale * torch.ones_like(x[:, :1])], dim=1)
+
+
+@pytest.mark.parametrize("normalization, empty_label", [("zscore_nonzero", 0), ("none", 1)])
+def test_empty_voxels_are_background_only_for_zscore_nonzero(tmp_path, monkeypatch, normalization, empty_label):
+    from gmrseg.inference import run_folder
+
+    monkeypatch.setattr(run_folder, "_build_network", lambda name, in_channels, out_channels, kwargs: _AlwaysForeground())
+    run = write_run_folder(tmp_path / "run", _AlwaysForeground(), network_name="always", normalization=normalization,
+                           patch_size=(8, 8, 8))
+
+    # A scan with blank oblique corners, as after a rotation: the nonzero box is still the whole grid.
+    scan = np.random.default_rng(0).uniform(1.0, 2.0, size=(12, 10, 8)).astype(np.float32)
+    x, y = np.meshgrid(np.arange(12), np.arange(10), indexing="ij")
+    empty = np.broadcast_to((x + y < 4)[:, :, None], scan.shape)
+    scan[empty] = 0.0
+
+    result = Predictor.from_run(run, device="cpu").segment(scan[None], AFFINE)
+
+    assert np.all(result.segmentation[~empty] == 1)
+    assert np.all(result.segmentation[empty] == empty_label)
+    assert np.allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_window_margin_is_cropped_off(tmp_path, monkeypatch):
+    patch_marker_factory(monkeypatch)
+    run = write_run_folder(tmp_path / "run", MarkerNetwork(), network_name="marker", patch_size=(8, 8, 8))
+    plans = json.loads((run / "plans.json").read_text())
+    plans["window_margin"] = [2, 3, 1]
+    (run / "plans.json").write_text(json.dumps(plans))
+    pattern = _pattern(shape=(11, 9, 7))
+
+    predictor = Predictor.from_run(run, device="cpu")
+    seen = []
+    original = predictor.predict_probabilities
+    monkeypatch.setattr(predictor, "predict_probabilities", lambda image: seen.append(image.shape) or original(image))
+    result = predictor.segment(pattern[None], AFFINE)
+
+    assert seen == [(1, 1, 15, 15, 9)]
+    np.testing.assert_array_equal(result.segmentation, pattern)

@@ -94,6 +94,37 @@ def test_gmrunet_equivariant_avg_pool_nearest():
     assert max_relative_error(heads_of(model), x, 3) < 1e-4
 
 
+def test_gmrunet_equivariant_blur_pool():
+    torch.manual_seed(3)
+    model = GMRUNet(pooling="blur", deep_supervision=True, **TINY).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+
+    assert max_relative_error(heads_of(model), x, 3) < 1e-4
+
+
+def test_blur_pool_halves_and_keeps_constants_inside():
+    from gmrseg.networks.gmr_unet import BlurPool
+
+    pooled = BlurPool(3)(torch.ones(1, 2, 8, 6, 10))
+    assert pooled.shape == (1, 2, 4, 3, 5)
+
+    # Away from the zero padding the binomial taps sum to 1; at the border 1/8 falls outside.
+    assert torch.allclose(pooled[:, :, 1:-1, 1:-1, 1:-1], torch.ones(1))
+    assert pooled[0, 0, 0, 1, 1].item() == pytest.approx(7 / 8)
+
+
+def test_blur_pool_removes_the_highest_frequency():
+    from gmrseg.networks.gmr_unet import BlurPool
+
+    # A +-1 checkerboard along x is exactly the frequency that 2x sub-sampling aliases to a constant;
+    # max pooling passes it through as 1 everywhere, the binomial filter's zero at Nyquist removes it.
+    x = torch.ones(1, 1, 16, 8, 8)
+    x[:, :, 1::2] = -1
+    pooled = BlurPool(3)(x)
+    assert pooled[:, :, 1:-1, 1:-1, 1:-1].abs().max() < 1e-6
+    assert torch.nn.MaxPool3d(2)(x).min() == 1
+
+
 def test_gmrunet_eval_forward_matches_first_head():
     torch.manual_seed(2)
     model = GMRUNet(deep_supervision=True, **SMALL).eval()

@@ -69,6 +69,8 @@ def test_plans_keys(trained, dataset):
     assert plans["network"] == TINY_CONFIG["network"]
     assert plans["equivariant"] is True
     assert plans["file_ending"] == ".nii.gz"
+    # Field-of-view augmentation is on by default, so prediction adds a quarter-patch zero margin.
+    assert plans["window_margin"] == [4, 4, 4]
     assert plans["preprocessing"]["target_spacing"] == [1.0, 1.0, 1.0]
     assert plans["fingerprint"]["num_cases"] == 6
 

@@ -93,6 +93,17 @@ _SPACING_RTOL = 1e-4
 _FOREGROUND_SAMPLES_PER_CASE = 10_000
 
 
+def zero_means_no_data(plan: "PreprocessingPlan") -> bool:
+    """Whether a voxel that is 0 in every channel marks "no data" (outside the field of view).
+
+    True when every channel uses ``zscore_nonzero``: that scheme treats zero
+    voxels as outside the scan and keeps them at 0. Training then shows the
+    network blank field-of-view corners, and prediction labels such voxels
+    background.
+    """
+    return all(entry["scheme"] == "zscore_nonzero" for entry in plan.normalization)
+
+
 def normalization_for_channel(channel_name: str) -> str:
     """Return the normalization scheme for a channel name from dataset.json.
 

@@ -9,8 +9,9 @@ A training item passes through two parts:
 - random (every time): pick a patch centre, which is a foreground voxel with
   probability ``foreground_fraction`` (nnU-Net forces one third of its patches
   to contain foreground). Cut a region large enough to rotate and zoom without
-  empty corners. Then rotate and scale in one resampling, flip, and change
-  intensities (noise, brightness, contrast, gamma).
+  empty corners. Then rotate and scale in one resampling, flip, change
+  intensities (noise, blur, brightness, contrast, gamma), and blank the patch
+  beyond random oblique planes (as outside a scan's field of view).
 
 Keys: ``image`` (float32, C X Y Z), ``label`` (int16, 1 X Y Z), ``case_id``.
 """
@@ -39,6 +40,7 @@ from monai.transforms import (
     RandFlipd,
     Randomizable,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandScaleIntensityFixedMeand,
     SpatialCrop,
@@ -52,6 +54,7 @@ from gmrseg.errors import InputError
 
 __all__ = [
     "ClassIndicesd",
+    "RandFieldOfViewCutd",
     "RandForegroundPatchd",
     "build_datasets",
     "build_training_transform",
@@ -62,6 +65,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 INDICES_KEY = "label_class_indices"
+
+# With field-of-view augmentation, up to this fraction of a patch may lie past the volume edge.
+FIELD_OF_VIEW_OVERHANG = 0.5
 
 # Voxel positions kept per class for choosing patch centres (nnU-Net keeps 10,000 too).
 MAX_INDICES_PER_CLASS = 10_000
@@ -150,15 +156,25 @@ class RandForegroundPatchd(Randomizable, MapTransform):
         context: region size from :func:`context_size` (equal to ``patch_size``
             when neither rotation nor scaling is used).
         ratios: relative frequency of centres per class (index = class value).
+        overhang: largest fraction of the patch, per axis, that may lie past the
+            volume edge, in ``[0, 0.5]``. With 0 (nnU-Net's rule for volumes
+            larger than the patch) a patch stays inside the volume. Larger
+            values shift the centre by a uniform random offset of up to
+            ``overhang * patch_size`` voxels, so patches of small, tightly
+            cropped volumes show the volume edge at random places instead of
+            always at the patch edge.
         num_samples: regions per case; the transform then returns a list.
         indices_key: key written by :class:`ClassIndicesd`.
     """
 
     def __init__(self, keys: Sequence[str], patch_size: Sequence[int], context: Sequence[int],
                  ratios: Sequence[float], *, label_key: str = "label", num_samples: int = 1,
-                 indices_key: str = INDICES_KEY) -> None:
+                 overhang: float = 0.0, indices_key: str = INDICES_KEY) -> None:
         MapTransform.__init__(self, keys)
+        if not 0.0 <= overhang <= 0.5:
+            raise InputError(f"overhang must lie in [0, 0.5], got {overhang}.")
         self.patch_size = _check_patch_size(patch_size)
+        self.overhang = float(overhang)
         self.context = _check_patch_size(context)
         self.ratios = [float(ratio) for ratio in ratios]
         self.label_key = label_key
@@ -170,9 +186,22 @@ class RandForegroundPatchd(Randomizable, MapTransform):
         ratios = [ratio if len(index) else 0.0 for ratio, index in zip(self.ratios, indices)]
         if sum(ratios) == 0:
             ratios = [1.0 if len(index) else 0.0 for index in indices]
-        self._centers = generate_label_classes_crop_centers(
+        centers = generate_label_classes_crop_centers(
             self.patch_size, self.num_samples, label_shape, indices, ratios, self.R, warn=False,
         )
+        if self.overhang > 0:
+            centers = [self._shift(center, label_shape) for center in centers]
+        self._centers = tuple(centers)
+
+    def _shift(self, center: Sequence[int], shape: Sequence[int]) -> list[int]:
+        """Move a centre by a random offset, keeping at most ``overhang`` of the patch past each edge."""
+        shifted = []
+        for c, size, n in zip(center, self.patch_size, shape):
+            margin = int(self.overhang * size)
+            low, high = size // 2 - margin, n - (size - size // 2) + margin
+            offset = int(self.R.randint(-margin, margin + 1))
+            shifted.append(int(np.clip(int(c) + offset, low, max(low, high))))
+        return shifted
 
     def _cut(self, volume: torch.Tensor, center: Sequence[int]) -> torch.Tensor:
         shape = volume.shape[1:]
@@ -201,6 +230,76 @@ class RandForegroundPatchd(Randomizable, MapTransform):
         return samples if self.num_samples > 1 else samples[0]
 
 
+class RandFieldOfViewCutd(Randomizable, MapTransform):
+    """Blank the patch beyond random oblique planes, as outside a scan's field of view.
+
+    A scan stored at an angle to the anatomy, or resampled after a rotation, has
+    regions outside its field of view. They are flat zero (also after
+    ``zscore_nonzero`` normalization, which keeps zero voxels at zero) and are
+    bounded by planes oblique to the voxel grid. Upright training crops never
+    show such regions, and a network that never saw them mislabels the tissue
+    next to them. This transform shows them without turning the anatomy.
+
+    With probability ``prob``, it draws 1 to ``max_planes`` planes, each with a
+    normal uniform on the sphere, and placed so that it cuts off a fraction of
+    the patch drawn uniformly from ``[0, max_fraction]``. Beyond each plane the
+    image becomes ``fill`` and the label becomes 0 (background): where there
+    is no image there is nothing to segment.
+
+    Args:
+        image_key, label_key: keys of the ``(C, X, Y, Z)`` image and ``(1, X, Y, Z)`` label.
+        prob: probability of cutting a patch at all.
+        max_planes: largest number of planes per patch (at least 1).
+        max_fraction: largest fraction of the patch one plane cuts off, in ``[0, 1)``.
+        fill: image value outside the field of view (0 for ``zscore_nonzero`` data).
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str = "label", *, prob: float = 0.3,
+                 max_planes: int = 3, max_fraction: float = 0.25, fill: float = 0.0) -> None:
+        MapTransform.__init__(self, [image_key, label_key])
+        if not 0.0 <= prob <= 1.0:
+            raise InputError(f"Field-of-view cut probability must lie in [0, 1], got {prob}.")
+        if not isinstance(max_planes, int) or max_planes < 1:
+            raise InputError(f"max_planes must be an integer >= 1, got {max_planes!r}.")
+        if not 0.0 <= max_fraction < 1.0:
+            raise InputError(f"max_fraction must lie in [0, 1), got {max_fraction}.")
+        self.image_key = image_key
+        self.label_key = label_key
+        self.prob = prob
+        self.max_planes = max_planes
+        self.max_fraction = max_fraction
+        self.fill = fill
+
+    def _outside_mask(self, shape: Sequence[int]) -> np.ndarray | None:
+        """Draw the planes for one patch; return the voxels beyond any of them, or None for no cut."""
+        if self.R.random_sample() >= self.prob:
+            return None
+        grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) - (n - 1) / 2 for n in shape], indexing="ij"))
+        outside = np.zeros(tuple(shape), dtype=bool)
+        for _ in range(int(self.R.randint(1, self.max_planes + 1))):
+            normal = self.R.normal(size=3)
+            normal /= max(float(np.linalg.norm(normal)), 1e-12)
+            distance = np.tensordot(normal.astype(np.float32), grid, axes=1)
+            fraction = self.R.uniform(0.0, self.max_fraction)
+            outside |= distance > np.quantile(distance, 1.0 - fraction)
+        return outside
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        sample = dict(data)
+        outside = self._outside_mask(sample[self.image_key].shape[1:])
+        if outside is None or not outside.any():
+            return sample
+
+        mask = torch.as_tensor(outside)
+        image = sample[self.image_key].clone()
+        image[:, mask] = self.fill
+        label = sample[self.label_key].clone()
+        label[:, mask] = 0
+        sample[self.image_key] = image
+        sample[self.label_key] = label
+        return sample
+
+
 def build_validation_transform(label_transform: Callable[[np.ndarray], np.ndarray] | None = None,
                                keep_inverse: bool = False) -> Compose:
     """Build the transform for whole validation volumes: load from the cache and map labels."""
@@ -219,6 +318,7 @@ def build_training_transform(
     scale: bool = True,
     scale_range: float = 0.15,
     intensity: bool = True,
+    field_of_view: bool = False,
     probability: float = 0.2,
     samples_per_case: int = 1,
     label_transform: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -239,9 +339,18 @@ def build_training_transform(
             axis 0 swaps left and right in RAS data, which is only valid when
             left and right structures share one class.
         scale: random zoom by a factor in ``1 +- scale_range``.
-        intensity: Gaussian noise (p=0.1, sigma 0.1), brightness (p=0.15,
-            factor 0.75-1.25), contrast around the mean (p=0.15, factor
-            0.75-1.25) and gamma (p=0.3, gamma 0.7-1.5 with the statistics kept).
+        intensity: Gaussian noise (p=0.1, sigma 0.1), Gaussian blur (p=0.2,
+            sigma 0.5-1.0 voxels), brightness (p=0.15, factor 0.75-1.25),
+            contrast around the mean (p=0.15, factor 0.75-1.25) and gamma
+            (p=0.3, gamma 0.7-1.5 with the statistics kept).
+        field_of_view: show the network the edge of the data at random
+            places: patches may reach past the volume edge by up to half
+            their size (zero padded), and :class:`RandFieldOfViewCutd` blanks
+            the patch beyond random oblique planes (p=0.5), as outside the
+            field of view of a scan stored at an angle. Without it, patches of
+            tightly cropped volumes always end where the volume ends, and a
+            network learns that coincidence. Needs data where 0 means "no
+            data" after normalization (``zscore_nonzero``).
         probability: probability that a patch is rotated and/or scaled; both
             share one resampling (linear for the image, nearest for the label).
         samples_per_case: patches per case each time a case is drawn.
@@ -281,7 +390,8 @@ def build_training_transform(
     ]
 
     # Patch centre and context region.
-    transforms.append(RandForegroundPatchd(keys, patch, context, ratios, num_samples=samples_per_case))
+    transforms.append(RandForegroundPatchd(keys, patch, context, ratios, num_samples=samples_per_case,
+                                           overhang=FIELD_OF_VIEW_OVERHANG if field_of_view else 0.0))
     transforms.append(DeleteItemsd(keys=INDICES_KEY))
 
     # Rotation and scaling in one resampling, or an exact centre crop.
@@ -300,10 +410,14 @@ def build_training_transform(
     if intensity:
         transforms.extend([
             RandGaussianNoised(keys="image", prob=0.1, mean=0.0, std=0.1),
+            RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.2),
             RandScaleIntensityd(keys="image", factors=0.25, prob=0.15),
             RandScaleIntensityFixedMeand(keys="image", factors=0.25, prob=0.15),
             RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3, retain_stats=True),
         ])
+    if field_of_view:
+        # After the intensity changes: outside the field of view stays exactly ``fill``.
+        transforms.append(RandFieldOfViewCutd(*keys))
     transforms.append(CastToTyped(keys=keys, dtype=(torch.float32, torch.int16)))
     return Compose(transforms)
 

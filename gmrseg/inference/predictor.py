@@ -84,6 +84,11 @@ class Predictor:
             run's preprocessing plan. Larger scans stop with an error that
             names the sizes, before any large allocation.
         verbose: log every stage of every case with its seconds at INFO level.
+
+    Voxels that are 0 in every channel are labelled background (probability 1)
+    when the run normalizes every channel with ``zscore_nonzero``, which defines
+    zero as "no data". Such voxels lie outside the field of view, for example in
+    the corners of a scan resampled after a rotation.
     """
 
     def __init__(
@@ -110,11 +115,12 @@ class Predictor:
         if max_voxels is not None and (not isinstance(max_voxels, int) or max_voxels < 1):
             raise InputError(f"max_voxels must be a positive integer, got {max_voxels!r}")
 
-        from gmrseg.data.preprocessing import PreprocessingPlan
+        from gmrseg.data.preprocessing import PreprocessingPlan, zero_means_no_data
 
         self.networks = list(networks)
         self.plans = plans
         self.preprocessing = PreprocessingPlan.from_dict(plans["preprocessing"])
+        self.empty_is_background = zero_means_no_data(self.preprocessing)
         if max_voxels is not None:
             self.preprocessing.max_voxels = max_voxels
         self.device = torch.device(device)
@@ -127,6 +133,7 @@ class Predictor:
         self.amp = self.device.type == "cuda" if amp is None else bool(amp and self.device.type == "cuda")
         self.verbose = verbose
         self.roi_size = tuple(int(size) for size in plans["patch_size"])
+        self.window_margin = tuple(int(size) for size in plans.get("window_margin") or [0] * len(self.roi_size))
         self.num_classes = len(plans["network_labels"])
         self.in_channels = int(plans["in_channels"])
 
@@ -250,6 +257,16 @@ class Predictor:
             logger.warning("CUDA out of memory while stitching on %s; retrying with stitching on the CPU", self.device)
             return self._mean_probabilities(image, torch.device("cpu"))
 
+    def _predict_with_margin(self, image: torch.Tensor) -> torch.Tensor:
+        """Pad ``(1, C, *spatial)`` with ``window_margin`` zeros per side, predict, and crop the margin off."""
+        margin = self.window_margin
+        if not any(margin):
+            return self.predict_probabilities(image)
+        padding = [size for axis_margin in reversed(margin) for size in (axis_margin, axis_margin)]
+        probabilities = self.predict_probabilities(torch.nn.functional.pad(image, padding))
+        crop = tuple(slice(m, probabilities.shape[2 + axis] - m) for axis, m in enumerate(margin))
+        return probabilities[(slice(None), slice(None), *crop)]
+
     def segment(self, image: np.ndarray, affine: np.ndarray, *, case_id: str = "scan") -> CaseResult:
         """Segment one scan given as an array on its own grid.
 
@@ -274,7 +291,7 @@ class Predictor:
             tensor = torch.as_tensor(preprocessed.image, dtype=torch.float32)[None]
 
         with self._stage(case_id, "windows", timings):
-            probabilities = self.predict_probabilities(tensor)[0].cpu()
+            probabilities = self._predict_with_margin(tensor)[0].cpu()
             del tensor
 
         with self._stage(case_id, "invert", timings):
@@ -284,6 +301,8 @@ class Predictor:
                 raise RuntimeError(
                     f"{case_id}: restore_to_original returned shape {restored.shape[1:]}, expected {image.shape[1:]}"
                 )
+            if self.empty_is_background:
+                _set_background(restored, ~np.any(image != 0, axis=0))
             classes = np.argmax(restored, axis=0)
             segmentation = postprocess_segmentation(classes, affine, self.plans, image=image[0])
 
@@ -310,6 +329,13 @@ class Predictor:
             if job.probabilities is not None:
                 write_probabilities(result.probabilities, geometry, job.probabilities, overwrite=overwrite)
         return timings
+
+
+def _set_background(probabilities: np.ndarray, mask: np.ndarray) -> None:
+    """Give background (class 0) probability 1 on ``mask``, in place; ``probabilities`` is ``(C, X, Y, Z)``."""
+    if mask.any():
+        probabilities[:, mask] = 0.0
+        probabilities[0, mask] = 1.0
 
 
 def _jobs_to_run(jobs: list[PredictionJob], overwrite: bool) -> tuple[list[PredictionJob], list[PredictionJob]]:

@@ -8,9 +8,13 @@ square in 2D):
 - every convolution with a kernel larger than 1 is a GMR convolution, whose
   kernel is a mix of radially symmetric rings (``conv="dense"`` swaps in
   ``nn.Conv3d`` of the same size and gives the plain UNet baseline);
-- down-sampling is 2x2x2 max or average pooling, which maps pooling cells onto
-  pooling cells under any flip or axis permutation as long as every level's size
-  is even (a stride-2 convolution with an odd kernel only does so on odd sizes);
+- down-sampling is 2x2x2 max or average pooling, or a blur pool (a fixed
+  4-tap binomial low-pass taken at stride 2, centred on the same cells). All
+  three map pooling cells onto pooling cells under any flip or axis permutation
+  as long as every level's size is even (a stride-2 convolution with an odd
+  kernel only does so on odd sizes). The blur pool also removes most of the
+  aliasing that makes a grid-sampled network sensitive to shifts and to
+  rotations off the 90-degree grid;
 - up-sampling is nearest or linear interpolation by 2 after a 1x1x1 convolution
   at the coarse level. This equals a transposed convolution whose kernel is
   constant over each 2x2x2 cell. A GMR convolution block follows it.
@@ -38,7 +42,7 @@ __all__ = ["GMRUNet", "make_conv", "CONV_TYPES", "POOLING_TYPES", "UPSAMPLE_MODE
 logger = logging.getLogger(__name__)
 
 CONV_TYPES = ("gmr", "dense")
-POOLING_TYPES = ("max", "avg")
+POOLING_TYPES = ("max", "avg", "blur")
 UPSAMPLE_MODES = ("linear", "nearest")
 INPUT_PADDING_MODES = ("symmetric", "error")
 
@@ -200,7 +204,10 @@ class GMRUNet(nn.Module):
         num_deep_supervision_heads: number of coarser heads; default (None) is one
             per decoder level below full resolution, ``len(features) - 2``.
         dropout: dropout probability after each convolution's normalization (0 = off).
-        pooling: ``"max"`` or ``"avg"``, with a 2x2x2 window and stride 2.
+        pooling: ``"max"`` or ``"avg"`` (2x2x2 window, stride 2), or ``"blur"``:
+            a separable binomial filter ``[1, 3, 3, 1] / 8`` per axis at stride 2,
+            so each output voxel is centred on the same 2x2x2 cell as average
+            pooling but sees a 4x4x4 neighbourhood with smoothly falling weights.
         upsample: interpolation used to double the size: ``"linear"`` (trilinear in
             3D, bilinear in 2D, ``align_corners=False``) or ``"nearest"``.
         norm: MONAI normalization name or ``(name, kwargs)``; ``None`` disables it.
@@ -295,8 +302,11 @@ class GMRUNet(nn.Module):
         for level in range(num_levels):
             self.encoders.append(block_type(spatial_dims, channels, features[level], kernel_sizes[level], options))
             channels = features[level]
-        pool_type = {"max": (nn.MaxPool2d, nn.MaxPool3d), "avg": (nn.AvgPool2d, nn.AvgPool3d)}[pooling]
-        self.pool = pool_type[spatial_dims - 2](kernel_size=2, stride=2)
+        if pooling == "blur":
+            self.pool = BlurPool(spatial_dims)
+        else:
+            pool_type = {"max": (nn.MaxPool2d, nn.MaxPool3d), "avg": (nn.AvgPool2d, nn.AvgPool3d)}[pooling]
+            self.pool = pool_type[spatial_dims - 2](kernel_size=2, stride=2)
 
         # Decoder: entry i brings level i + 1 up to level i and merges it with the skip connection.
         self.upsamplers = nn.ModuleList()
@@ -442,6 +452,44 @@ def _validate_levels(features, kernel_sizes) -> tuple[tuple[int, ...], tuple[int
             f"got {kernel_sizes!r}"
         )
     return features, kernel_sizes
+
+
+class BlurPool(nn.Module):
+    """Halve each spatial size with a fixed binomial low-pass filter: anti-aliased down-sampling.
+
+    Output voxel ``j`` is ``sum_t b[t] x[2 j - 1 + t]`` along each axis, with
+    ``b = [1, 3, 3, 1] / 8`` and one voxel of zero padding on each side. Its
+    centre, ``2 j + 0.5``, is that of the 2x2 cell ``{2 j, 2 j + 1}`` of average
+    pooling, and ``b`` is symmetric, so on even sizes the operation commutes with
+    flips and axis permutations exactly as average pooling does. The filter
+    is separable, has no parameters and is the same for every channel.
+
+    Args:
+        spatial_dims: 2 or 3.
+    """
+
+    def __init__(self, spatial_dims: int) -> None:
+        super().__init__()
+        taps = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8.0
+        self.spatial_dims = spatial_dims
+        self.register_buffer("taps", taps, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        conv = F.conv3d if self.spatial_dims == 3 else F.conv2d
+        taps = self.taps.to(dtype=x.dtype)
+
+        # One pass per axis: a (4, 1, 1) filter at stride (2, 1, 1), then the next axis.
+        for axis in range(self.spatial_dims):
+            shape = [1] * self.spatial_dims
+            shape[axis] = 4
+            stride = [1] * self.spatial_dims
+            stride[axis] = 2
+            padding = [0] * self.spatial_dims
+            padding[axis] = 1
+            weight = taps.reshape(1, 1, *shape).expand(channels, 1, *shape)
+            x = conv(x, weight, stride=stride, padding=padding, groups=channels)
+        return x
 
 
 def _validate_choices(spatial_dims, in_channels, out_channels, conv, pooling, upsample, input_padding) -> None:

@@ -125,7 +125,15 @@ class AugmentationConfig:
         flip: random flips along each axis.
         scale: random zoom; ``scale_range`` is the maximum relative change.
         scale_range: maximum relative zoom, e.g. 0.15 for 0.85-1.15.
-        intensity: random intensity scale, shift and Gaussian noise.
+        intensity: random noise, blur, brightness, contrast and gamma.
+        field_of_view: show the edge of the data at random places. Patches
+            may reach past the volume edge by up to half their size, and
+            random oblique corners of half the patches are blanked (image 0,
+            label background), as outside the field of view of a scan stored at
+            an angle. Without it, patches of tightly cropped volumes (such as
+            the hippocampus crops) always end where the volume ends, and the
+            network learns that coincidence instead of the anatomy. Needs
+            ``zscore_nonzero`` normalization (0 = no data); ignored otherwise.
         probability: probability of applying each spatial augmentation.
     """
 
@@ -135,6 +143,7 @@ class AugmentationConfig:
     scale: bool = True
     scale_range: float = 0.15
     intensity: bool = True
+    field_of_view: bool = True
     probability: float = 0.2
 
 

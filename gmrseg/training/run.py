@@ -112,6 +112,20 @@ def _build_network(config: Config, in_channels: int, out_channels: int,
     return network, bool(is_equivariant(name))
 
 
+def _window_margin(config: Config, plan_dict: dict) -> list[int]:
+    """Zero margin around a scan at prediction, in voxels per axis: a quarter patch after field-of-view training.
+
+    Field-of-view augmentation trains on patches that often reach past the
+    edge of the data. A margin at prediction lets every scan, upright or
+    rotated, show its edge inside the windows as the training patches did.
+    """
+    from gmrseg.data.preprocessing import PreprocessingPlan, zero_means_no_data
+
+    if not (config.augmentation.field_of_view and zero_means_no_data(PreprocessingPlan.from_dict(plan_dict))):
+        return [0] * len(config.data.patch_size)
+    return [int(size) // 4 for size in config.data.patch_size]
+
+
 def _plan(config: Config, spec, run_dir: Path, context: DistributedContext) -> tuple[dict, dict]:
     """Return ``(preprocessing plan dict, fingerprint)``, reusing ``run_dir/plans.json`` when present."""
     from gmrseg.data.preprocessing import plan_preprocessing
@@ -159,6 +173,7 @@ def _train_fold(
     resume: bool,
     quiet: bool,
 ) -> dict[str, Any]:
+    from gmrseg.data.preprocessing import zero_means_no_data
     from gmrseg.data.transforms import build_datasets
     from gmrseg.training.trainer import Trainer
 
@@ -181,6 +196,11 @@ def _train_fold(
     # Datasets: preprocessed once into the cache, random patches with the configured augmentation.
     augmentation = config.augmentation
     rotation = resolve_rotation(augmentation.rotation, equivariant)
+    field_of_view = augmentation.field_of_view and zero_means_no_data(plan)
+    if augmentation.field_of_view and not field_of_view:
+        logger.info("Field-of-view augmentation is off: it needs zscore_nonzero normalization on every channel, "
+                    "where 0 marks voxels without data (normalization: %s).",
+                    ", ".join(entry["scheme"] for entry in plan.normalization))
     by_id = {case.case_id: case for case in spec.training}
     val_ids = split["val"][: config.validation.max_cases] if config.validation.max_cases else split["val"]
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "preprocessed"
@@ -193,6 +213,7 @@ def _train_fold(
             "rotation_range_deg": augmentation.rotation_range_deg, "flip": augmentation.flip,
             "flip_axes": _flip_axes(spec.labels, merged=bool(label_map.pairs)), "scale": augmentation.scale,
             "scale_range": augmentation.scale_range, "intensity": augmentation.intensity,
+            "field_of_view": field_of_view,
             "probability": augmentation.probability,
         },
         # Bars only on a terminal: in a log file they would be one line per update.
@@ -202,7 +223,7 @@ def _train_fold(
                 len(split["train"]), len(val_ids), config.data.patch_size, "on" if rotation else "off")
 
     trainer = Trainer(config, network, train_dataset, val_dataset, class_names, fold_dir=fold_dir, context=context,
-                      quiet=quiet, network_info=plans["network"])
+                      quiet=quiet, network_info=plans["network"], window_margin=plans.get("window_margin"))
     summary = trainer.fit(resume=resume)
     summary["fold_dir"] = str(fold_dir)
     return summary
@@ -306,6 +327,7 @@ def _train(dataset_dir: Path, config: Config, run_dir: Path, folds: list[int], c
         plan_dict=plan_dict, fingerprint=fingerprint, label_map=label_map.to_dict(), in_channels=spec.num_channels,
         channel_names=spec.channel_names, file_ending=spec.file_ending, patch_size=config.data.patch_size,
         network_name=config.network.name, network_kwargs=dict(config.network.kwargs), equivariant=equivariant,
+        window_margin=_window_margin(config, plan_dict),
     )
     if context.is_main:
         write_run_files(run_dir, config, spec.dataset_json, plans)

@@ -86,12 +86,16 @@ def build_plans(
     network_name: str,
     network_kwargs: dict[str, Any],
     equivariant: bool,
+    window_margin: list[int] | None = None,
 ) -> dict[str, Any]:
     """Assemble plans.json: everything the predictor needs besides the weights.
 
     ``label_map`` is ``LateralLabelMap.to_dict()``: ``labels`` (the dataset's),
     ``network_labels`` (the classes the network predicts) and
     ``label_pairs`` (``[left, right, merged]`` per merged pair).
+    ``window_margin`` is the zero margin, in voxels per axis, that the
+    predictor adds around a preprocessed scan before the sliding windows
+    (None: no margin).
     """
     return {
         "preprocessing": plan_dict,
@@ -105,6 +109,7 @@ def build_plans(
         "patch_size": [int(size) for size in patch_size],
         "network": {"name": network_name, "kwargs": network_kwargs},
         "equivariant": bool(equivariant),
+        "window_margin": [int(size) for size in (window_margin or [0] * len(patch_size))],
     }
 
 

@@ -17,6 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -67,6 +68,8 @@ class Trainer:
         context: distributed context (single process by default).
         quiet: no progress bar and no epoch summaries on the terminal.
         network_info: ``{"name", "kwargs"}`` stored in checkpoints.
+        window_margin: zero margin in voxels per axis added around each validation volume before the
+            sliding windows (as the predictor does after field-of-view training); None adds none.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Trainer:
         context: DistributedContext | None = None,
         quiet: bool = False,
         network_info: dict[str, Any] | None = None,
+        window_margin: Sequence[int] | None = None,
     ) -> None:
         if len(train_dataset) == 0:
             raise InputError("no training cases in this fold")
@@ -96,6 +100,7 @@ class Trainer:
         self.quiet = quiet
         self.network_info = network_info or {}
         self.val_cases = val_dataset
+        self.window_margin = [int(size) for size in window_margin] if window_margin else []
 
         self.network = network.to(self.device)
         self.model: nn.Module = self.network
@@ -296,11 +301,16 @@ class Trainer:
             label = torch.as_tensor(case["label"]).long().unsqueeze(0).to(self.device)
             if hasattr(image, "as_tensor"):
                 image, label = image.as_tensor(), label.as_tensor()
+            margin = self.window_margin
+            if any(margin):
+                image = F.pad(image, [size for axis_margin in reversed(margin) for size in (axis_margin, axis_margin)])
             with self._autocast():
                 logits = sliding_window_inference(image, roi_size=list(patch_size),
                                                   sw_batch_size=validation.sw_batch_size, predictor=predictor,
                                                   overlap=validation.overlap, mode="gaussian")
             logits = logits.float()
+            if any(margin):
+                logits = logits[(slice(None), slice(None), *(slice(m, n - m) for m, n in zip(margin, logits.shape[2:])))]
             loss_sum += float(self.loss_function(logits, label))
             prediction = one_hot(logits.argmax(dim=1, keepdim=True), num_classes)
             metric(y_pred=prediction, y=one_hot(label, num_classes))
