@@ -80,10 +80,10 @@ _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
 
 _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 
-# CPU defaults: 8 held-out cases in 17 test sets (144 scans per model). NOTE: sized
-# for about 30 minutes on 2 idle cores from per-step timings (an estimate); on the
-# shared 2-core machine of docs/benchmarks.md the run took 103 minutes.
-_CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto"}
+# CPU defaults: 8 held-out cases in 17 test sets (144 scans per model), and 20 of the
+# quick preset's 24 epochs per model, so that three models fit in about 30 minutes on
+# 2 idle cores (docs/benchmarks.md has the measured time).
+_CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 20}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
 _FULL_DEFAULTS = {"base_config": "default", "test_cases": None, "random_per_case": 4, "device": "auto",
                   "epochs": 100}
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="preset name or YAML file that every model starts from; the benchmark sets the "
                         "network name and rotation augmentation (default: quick; --full: default)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs per model, the same for all (default: the config's; --full: 100)")
+                        help="training epochs per model, the same for all (default: 20; --full: 100)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None,
                         help="optimizer steps per epoch (default: the config's)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
