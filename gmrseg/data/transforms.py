@@ -346,7 +346,7 @@ def build_training_transform(
         field_of_view: show the network the edge of the data at random
             places: patches may reach past the volume edge by up to half
             their size (zero padded), and :class:`RandFieldOfViewCutd` blanks
-            the patch beyond random oblique planes (p=0.5), as outside the
+            the patch beyond random oblique planes (p=0.3), as outside the
             field of view of a scan stored at an angle. Without it, patches of
             tightly cropped volumes always end where the volume ends, and a
             network learns that coincidence. Needs data where 0 means "no

@@ -128,7 +128,7 @@ class AugmentationConfig:
         intensity: random noise, blur, brightness, contrast and gamma.
         field_of_view: show the edge of the data at random places. Patches
             may reach past the volume edge by up to half their size, and
-            random oblique corners of half the patches are blanked (image 0,
+            random oblique corners of 30% of the patches are blanked (image 0,
             label background), as outside the field of view of a scan stored at
             an angle. Without it, patches of tightly cropped volumes (such as
             the hippocampus crops) always end where the volume ends, and the
