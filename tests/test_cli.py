@@ -39,3 +39,29 @@ def test_python_module_entry():
     result = subprocess.run([sys.executable, "-m", "gmrseg", "--version"], capture_output=True, text=True)
     assert result.returncode == 0
     assert __version__ in result.stdout
+
+
+@pytest.mark.parametrize("epochs, expected", [(None, 20), (1, 1)])
+def test_demo_trains_demo_epochs_unless_given(tmp_path, monkeypatch, epochs, expected):
+    import importlib
+
+    from gmrseg.demo import DEMO_EPOCHS, run_demo
+
+    # importlib: the packages re-export functions under the same names as these modules.
+    example_data = importlib.import_module("gmrseg.data.example_data")
+    evaluate_module = importlib.import_module("gmrseg.evaluation.evaluate")
+    predictor_module = importlib.import_module("gmrseg.inference.predictor")
+    run_module = importlib.import_module("gmrseg.training.run")
+
+    calls = {}
+    monkeypatch.setattr(example_data, "make_example_dataset", lambda out, dataset: out)
+    monkeypatch.setattr(run_module, "train", lambda *args, **kwargs: calls.update(train=kwargs))
+    monkeypatch.setattr(predictor_module, "predict", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *args, **kwargs: {})
+
+    result = run_demo(tmp_path / "demo", epochs=epochs)
+
+    assert DEMO_EPOCHS == 20
+    assert calls["train"]["epochs"] == expected
+    assert calls["train"]["config_path"] == "quick"
+    assert set(result.seconds) == {"example data", "training", "prediction", "evaluation"}
