@@ -81,8 +81,8 @@ _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
 _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 
 # CPU defaults: 8 held-out cases in 17 test sets (144 scans per model), and 20 of the
-# quick preset's 24 epochs per model, so that three models fit in about 30 minutes on
-# 2 idle cores (docs/benchmarks.md has the measured time).
+# quick preset's 24 epochs per model. NOTE: measured at 53 minutes on 2 idle cores,
+# over the 30-minute goal; prediction takes about as long as training (docs/benchmarks.md).
 _CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 20}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
 _FULL_DEFAULTS = {"base_config": "default", "test_cases": None, "random_per_case": 4, "device": "auto",
