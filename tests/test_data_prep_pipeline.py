@@ -356,7 +356,7 @@ def test_patches_stay_inside_without_overhang():
     assert np.all(starts + 16 <= np.array([40, 30, 20]))
 
 
-def test_overhang_reaches_past_each_edge_by_at_most_its_share():
+def test_overhang_limit_at_each_edge():
     starts = _patch_starts(0.5)
     ends = starts + 16
     shape = np.array([40, 30, 20])
@@ -364,7 +364,8 @@ def test_overhang_reaches_past_each_edge_by_at_most_its_share():
     # Up to half the patch (8 voxels) may hang over either edge, and draws do reach both limits.
     assert starts.min(axis=0).tolist() == [-8, -8, -8]
     assert (ends - shape).max(axis=0).tolist() == [8, 8, 8]
-    assert starts.min() >= -8 and (ends - shape).max() <= 8
+    assert starts.min() >= -8
+    assert (ends - shape).max() <= 8
 
 
 def test_overhang_rejects_values_above_half():

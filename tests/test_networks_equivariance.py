@@ -116,8 +116,8 @@ def test_blur_pool_halves_and_keeps_constants_inside():
 def test_blur_pool_removes_the_highest_frequency():
     from gmrseg.networks.gmr_unet import BlurPool
 
-    # A +-1 checkerboard along x is exactly the frequency that 2x sub-sampling aliases to a constant;
-    # max pooling passes it through as 1 everywhere, the binomial filter's zero at Nyquist removes it.
+    # 2x sub-sampling aliases a +-1 checkerboard along x to a constant. Max pooling passes it
+    # through as 1 everywhere, but the binomial filter is zero at Nyquist and removes it.
     x = torch.ones(1, 1, 16, 8, 8)
     x[:, :, 1::2] = -1
     pooled = BlurPool(3)(x)

@@ -94,7 +94,7 @@ _FOREGROUND_SAMPLES_PER_CASE = 10_000
 
 
 def zero_means_no_data(plan: "PreprocessingPlan") -> bool:
-    """Whether a voxel that is 0 in every channel marks "no data" (outside the field of view).
+    """Return whether a voxel that is 0 in every channel marks "no data" (outside the field of view).
 
     True when every channel uses ``zscore_nonzero``: that scheme treats zero
     voxels as outside the scan and keeps them at 0. Training then shows the

@@ -172,7 +172,7 @@ class RandForegroundPatchd(Randomizable, MapTransform):
                  overhang: float = 0.0, indices_key: str = INDICES_KEY) -> None:
         MapTransform.__init__(self, keys)
         if not 0.0 <= overhang <= 0.5:
-            raise InputError(f"overhang must lie in [0, 0.5], got {overhang}.")
+            raise InputError(f"Invalid overhang {overhang}: use a fraction in [0, 0.5].")
         self.patch_size = _check_patch_size(patch_size)
         self.overhang = float(overhang)
         self.context = _check_patch_size(context)
@@ -258,11 +258,11 @@ class RandFieldOfViewCutd(Randomizable, MapTransform):
                  max_planes: int = 3, max_fraction: float = 0.25, fill: float = 0.0) -> None:
         MapTransform.__init__(self, [image_key, label_key])
         if not 0.0 <= prob <= 1.0:
-            raise InputError(f"Field-of-view cut probability must lie in [0, 1], got {prob}.")
+            raise InputError(f"Invalid field-of-view cut probability {prob}: use a value in [0, 1].")
         if not isinstance(max_planes, int) or max_planes < 1:
-            raise InputError(f"max_planes must be an integer >= 1, got {max_planes!r}.")
+            raise InputError(f"Invalid max_planes {max_planes!r}: use an integer >= 1.")
         if not 0.0 <= max_fraction < 1.0:
-            raise InputError(f"max_fraction must lie in [0, 1), got {max_fraction}.")
+            raise InputError(f"Invalid max_fraction {max_fraction}: use a fraction in [0, 1).")
         self.image_key = image_key
         self.label_key = label_key
         self.prob = prob
@@ -271,7 +271,7 @@ class RandFieldOfViewCutd(Randomizable, MapTransform):
         self.fill = fill
 
     def _outside_mask(self, shape: Sequence[int]) -> np.ndarray | None:
-        """Draw the planes for one patch; return the voxels beyond any of them, or None for no cut."""
+        """Draw the planes for one patch and return the voxels beyond any of them, or None for no cut."""
         if self.R.random_sample() >= self.prob:
             return None
         grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) - (n - 1) / 2 for n in shape], indexing="ij"))
@@ -416,7 +416,7 @@ def build_training_transform(
             RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3, retain_stats=True),
         ])
     if field_of_view:
-        # After the intensity changes: outside the field of view stays exactly ``fill``.
+        # Last, after the intensity changes, so the blanked region stays exactly ``fill``.
         transforms.append(RandFieldOfViewCutd(*keys))
     transforms.append(CastToTyped(keys=keys, dtype=(torch.float32, torch.int16)))
     return Compose(transforms)

@@ -207,7 +207,7 @@ class GMRUNet(nn.Module):
         pooling: ``"max"`` or ``"avg"`` (2x2x2 window, stride 2), or ``"blur"``:
             a separable binomial filter ``[1, 3, 3, 1] / 8`` per axis at stride 2,
             so each output voxel is centred on the same 2x2x2 cell as average
-            pooling but sees a 4x4x4 neighbourhood with smoothly falling weights.
+            pooling but reads a 4x4x4 neighbourhood with smoothly falling weights.
         upsample: interpolation used to double the size: ``"linear"`` (trilinear in
             3D, bilinear in 2D, ``align_corners=False``) or ``"nearest"``.
         norm: MONAI normalization name or ``(name, kwargs)``; ``None`` disables it.
