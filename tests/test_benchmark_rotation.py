@@ -257,9 +257,12 @@ def test_rejects_bad_options(tmp_path, capsys):
 
 def test_one_model_end_to_end(tmp_path):
     out = tmp_path / "bench"
-    assert main(["--out", str(out), "--models", "gmrunet", *TINY]) == 0
+    assert main(["--out", str(out), "--models", "gmrunet", *TINY, "--epochs", "2"]) == 0
 
     results = json.loads((out / "results.json").read_text())
+    # Validation runs once, after the last epoch.
+    metrics = (out / "runs" / "gmrunet" / "fold_0" / "metrics.csv").read_text().splitlines()
+    assert [bool(row.split(",")[2]) for row in metrics[1:]] == [False, True]
     (model,) = results["models"]
     assert model["key"] == "gmrunet"
     assert model["parameters"] > 0
@@ -290,6 +293,22 @@ def test_one_model_end_to_end(tmp_path):
     rescored = json.loads((out / "results.json").read_text())
     assert rescored["dice"] == results["dice"]
     assert "| upright | 1 |" in (out / "results.md").read_text()
+
+
+def test_presets_and_explicit_options(tmp_path):
+    from gmrseg.benchmarking.rotation import build_parser, settings_from_args
+
+    def settings(*argv):
+        argv = ["--out", str(tmp_path), *argv]
+        return settings_from_args(build_parser().parse_args(argv), argv)
+
+    cpu = settings()
+    assert (cpu.base_config, cpu.epochs, cpu.overlap, cpu.test_cases) == ("quick", 16, 0.25, 8)
+    full = settings("--full")
+    assert (full.base_config, full.epochs, full.overlap, full.test_cases) == ("default", 100, 0.5, None)
+    # Options given explicitly win over either preset.
+    explicit = settings("--full", "--overlap", "0", "--epochs", "3")
+    assert (explicit.overlap, explicit.epochs) == (0.0, 3)
 
 
 def test_rescore_needs_finished_run(tmp_path, capsys):
@@ -328,6 +347,8 @@ def test_three_models_end_to_end(tmp_path):
     assert configs["gmrunet"]["network"]["kwargs"] == configs["unet"]["network"]["kwargs"]
     assert configs["gmrunet"]["training"] == configs["unet"]["training"]
     assert configs["gmrunet"]["optim"] == configs["unet_rotaug"]["optim"]
+    # Each model is validated once, after its last epoch.
+    assert configs["gmrunet"]["validation"]["interval"] == configs["gmrunet"]["training"]["epochs"]
 
     assert "| upright | 1 |" in (out / "results.md").read_text()
     assert (out / "results.csv").read_text().count("\n") == 1 + 3 * 5 * 4

@@ -80,13 +80,14 @@ _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
 
 _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 
-# CPU defaults: 8 held-out cases in 17 test sets (144 scans per model), and 20 of the
-# quick preset's 24 epochs per model. NOTE: measured at 53 minutes on 2 idle cores,
-# over the 30-minute goal; prediction takes about as long as training (docs/benchmarks.md).
-_CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 20}
+# CPU defaults, sized for about 30 minutes on 2 idle cores: 8 held-out cases in 17 test
+# sets (144 scans per model), 16 of the quick preset's 24 epochs per model, and windows
+# overlapping by a quarter (half as many windows as 0.5 on these volumes).
+_CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 16,
+                 "overlap": 0.25}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
 _FULL_DEFAULTS = {"base_config": "default", "test_cases": None, "random_per_case": 4, "device": "auto",
-                  "epochs": 100}
+                  "epochs": 100, "overlap": 0.5}
 
 
 @dataclass
@@ -136,7 +137,7 @@ class RotationBenchmarkSettings:
     device: str = "auto"
     threads: int | None = None
     tta: str = "none"
-    overlap: float = 0.5
+    overlap: float = 0.25
     seed: int = 0
     overwrite: bool = False
     full: bool = False
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="preset name or YAML file that every model starts from; the benchmark sets the "
                         "network name and rotation augmentation (default: quick; --full: default)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs per model, the same for all (default: 20; --full: 100)")
+                        help="training epochs per model, the same for all (default: 16; --full: 100)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None,
                         help="optimizer steps per epoch (default: the config's)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
@@ -198,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", choices=("none", "flip", "full", "default"), default="none",
                         help="test-time augmentation for every model; 'default' lets the predictor choose per "
                         "network (flips for dense networks) (default: none, to compare the networks alone)")
-    parser.add_argument("--overlap", type=float, default=0.5,
-                        help="sliding-window overlap in [0, 1) (default: 0.5)")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help="sliding-window overlap in [0, 1) (default: 0.25; --full: 0.5)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the case split, the random rotations and training (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
@@ -235,7 +236,7 @@ def settings_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Rotatio
         device=pick(args.device, "device"),
         threads=args.threads,
         tta=args.tta,
-        overlap=args.overlap,
+        overlap=pick(args.overlap, "overlap"),
         seed=args.seed,
         overwrite=args.overwrite,
         full=args.full,
@@ -279,6 +280,9 @@ def _train_model(settings: RotationBenchmarkSettings, spec: ModelSpec, data_dir:
         kernel_sizes=settings.kernel_sizes, epochs=settings.epochs,
         iterations_per_epoch=settings.iterations_per_epoch, patch_size=settings.patch_size, seed=settings.seed,
     )
+    # Validate once, after the last epoch: every model is then tested with its final weights,
+    # and the time of intermediate validations goes to the comparison instead.
+    values["validation"]["interval"] = values["training"]["epochs"]
     values["augmentation"]["rotation"] = spec.rotation_augmentation
     if spec.rotation_augmentation:
         values["augmentation"]["rotation_range_deg"] = 180.0
