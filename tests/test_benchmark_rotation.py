@@ -311,6 +311,21 @@ def test_presets_and_explicit_options(tmp_path):
     assert (explicit.overlap, explicit.epochs) == (0.0, 3)
 
 
+def test_base_config_keeps_ring_settings_for_gmr_only(tmp_path):
+    from gmrseg.benchmarking.common import base_config_values
+    from gmrseg.networks.factory import build_network
+
+    config = tmp_path / "rings.yaml"
+    config.write_text("network:\n  name: gmrunet\n  kwargs:\n    features: [4, 8]\n    kernel_sizes: [3, 3]\n"
+                      "    gmr_kwargs: {num_rings: 3}\n")
+    gmr = base_config_values(config, network="gmrunet")["network"]["kwargs"]
+    dense = base_config_values(config, network="unet")["network"]["kwargs"]
+    assert gmr["gmr_kwargs"] == {"num_rings": 3}
+    assert "gmr_kwargs" not in dense
+    assert {key: value for key, value in gmr.items() if key != "gmr_kwargs"} == dense
+    build_network("unet", 1, 3, **dense)
+
+
 def test_rescore_needs_finished_run(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--rescore"]) == 2
     assert "results.json not found" in capsys.readouterr().err

@@ -142,13 +142,17 @@ def base_config_values(
     """Load a preset or YAML config as nested dicts and apply a benchmark's overrides.
 
     The network keyword arguments of the base config are kept, so models that
-    differ only in ``network`` have the same shape. A shortened ``epochs``
+    differ only in ``network`` have the same shape; ``gmr_kwargs`` (ring
+    settings) is dropped for networks without GMR layers. A shortened ``epochs``
     also shortens the warm-up so that the config stays valid.
     """
+    from gmrseg.networks.factory import valid_arguments
     from gmrseg.training.config import config_to_dict, load_config
 
     values = config_to_dict(load_config(base_config))
     kwargs = dict(values["network"]["kwargs"])
+    if "gmr_kwargs" in kwargs and "gmr_kwargs" not in valid_arguments(network):
+        del kwargs["gmr_kwargs"]
     if features is not None:
         kwargs["features"] = [int(size) for size in features]
     if kernel_sizes is not None:
