@@ -39,9 +39,9 @@ def _add_train(subparsers) -> None:
         "Run under torchrun for DistributedDataParallel on several GPUs or CPU processes.",
     )
     parser.add_argument("dataset_dir", type=Path, help="dataset folder with dataset.json, imagesTr/ and labelsTr/")
-    parser.add_argument("-c", "--config", type=Path, default=None,
-                        help="YAML config; keys not given take the defaults of configs/default.yaml "
-                        "(default: the built-in default config)")
+    parser.add_argument("-c", "--config", default=None,
+                        help="YAML config file, or a preset name: default, quick, unet_baseline; keys not given "
+                        "take the defaults of configs/default.yaml (default: the built-in default config)")
     parser.add_argument("-o", "--output", "--run-dir", dest="run_dir", type=Path, required=True,
                         help="run folder for checkpoints, logs, metrics and everything predict needs")
     parser.add_argument("--fold", default="0",

@@ -1,6 +1,7 @@
 """Training config: presets, defaults, and errors that name the key path."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -104,6 +105,26 @@ def test_invalid_yaml(tmp_path):
 def test_unknown_preset_lists_presets():
     with pytest.raises(InputError, match="quick"):
         load_config("quik")
+
+
+@pytest.mark.parametrize("source", ["quick", "quick.yaml", Path("quick"), Path("quick.yml")])
+def test_preset_by_bare_name_as_str_or_path(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(source) == load_config("quick")
+
+
+def test_file_in_working_folder_wins_over_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick.yaml").write_text("optim:\n  lr: 0.0042\n")
+    assert load_config("quick.yaml").optim.lr == 0.0042
+    assert load_config("quick").optim.lr != 0.0042
+
+
+def test_cli_train_takes_a_preset_name(tmp_path):
+    from gmrseg.cli import build_parser
+
+    args = build_parser().parse_args(["train", str(tmp_path), "-c", "quick", "-o", str(tmp_path / "run")])
+    assert load_config(args.config) == load_config("quick")
 
 
 def test_missing_file(tmp_path):

@@ -458,15 +458,22 @@ def list_presets() -> list[str]:
 
 
 def _resolve_source(source: str | Path) -> Path:
+    """Return the YAML file for ``source``: an existing file, else a preset named by a bare name.
+
+    A bare name is one path component with no suffix or a ``.yaml``/``.yml``
+    suffix (``quick``, ``quick.yaml``), given as ``str`` or ``Path``; an
+    existing file of that name in the working folder wins over the preset.
+    """
     path = Path(source)
     if path.is_file():
         return path
-    if isinstance(source, str) and path.suffix == "" and "/" not in source:
-        preset = PRESETS_DIR / f"{source}.yaml"
+    bare = len(path.parts) == 1 and path.suffix in ("", ".yaml", ".yml")
+    if bare:
+        preset = PRESETS_DIR / f"{path.stem if path.suffix else path.name}.yaml"
         if preset.is_file():
             return preset
         raise InputError(
-            f"config {source!r}: no such file and no such preset; presets: {', '.join(list_presets())}"
+            f"config {str(source)!r}: no such file and no such preset; presets: {', '.join(list_presets())}"
         )
     raise FileNotFoundError(
         f"config file {path} not found; give a YAML file or a preset name ({', '.join(list_presets())})"
