@@ -40,11 +40,19 @@ def atomic_write_path(path: str | os.PathLike, suffix: str | None = None) -> Ite
     temporary = Path(temporary)
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+
+
+def _current_umask() -> int:
+    """Return the process umask (``os.umask`` can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_text_atomic(path: str | os.PathLike, text: str) -> None:
