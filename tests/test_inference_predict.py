@@ -99,9 +99,18 @@ def test_output_equal_to_input_rejected(tmp_path, run):
     before = source.read_bytes()
     with pytest.raises(InputError, match="never overwrites an input"):
         predict(run, source, source, device="cpu", overwrite=True)
-    with pytest.raises(InputError, match="never overwrites an input"):
+    with pytest.raises(InputError, match="is the input folder"):
         predict(run, tmp_path / "in", tmp_path / "in", device="cpu", overwrite=True)
     assert source.read_bytes() == before
+
+
+def test_output_folder_equal_to_input_folder_rejected(tmp_path, run):
+    # CASE_0000 inputs give CASE outputs: no file would be overwritten, but the
+    # segmentations would be read as scans by the next run on that folder.
+    save_nifti(tmp_path / "in" / "scan_0000.nii.gz", _pattern(), AFFINE)
+    with pytest.raises(InputError, match="is the input folder"):
+        predict(run, tmp_path / "in", tmp_path / "in" / ".", device="cpu")
+    assert sorted(path.name for path in (tmp_path / "in").iterdir()) == ["scan_0000.nii.gz"]
 
 
 def test_existing_output_kept_without_overwrite(tmp_path, run, caplog):
