@@ -118,6 +118,19 @@ def test_resume_trains_more_epochs(dataset, tmp_path):
     assert len(metrics) == 3  # header and two epochs
 
 
+def test_epochs_override_shortens_the_warm_up(dataset, tmp_path, caplog):
+    config = write_config(tmp_path / "tiny.yaml", schedule={"name": "cosine", "warmup_epochs": 1},
+                          training={"epochs": 3})
+    with caplog.at_level("WARNING"):
+        train(dataset, config_path=config, run_dir=tmp_path / "run", device="cpu", quiet=True, epochs=1)
+    assert "shortening the warm-up to 0 epoch(s)" in caplog.text
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["schedule"]["warmup_epochs"] == 0
+    # The one epoch trains at the configured learning rate, not at the warm-up's start.
+    header, row = (tmp_path / "run" / "fold_0" / "metrics.csv").read_text().splitlines()
+    assert float(row.split(",")[header.split(",").index("lr")]) == pytest.approx(0.01)
+
+
 def test_other_config_rejected(trained, dataset, tmp_path):
     run_dir, _, _ = trained
     other = write_config(tmp_path / "other.yaml", optim={"lr": 0.5})

@@ -271,9 +271,11 @@ def train(
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise InputError(f"--epochs must be a positive integer, got {epochs!r}")
         config.training.epochs = epochs
-        if config.schedule.warmup_epochs >= epochs > 1:
-            raise InputError(f"--epochs {epochs} is not larger than schedule.warmup_epochs "
-                             f"({config.schedule.warmup_epochs}); train longer or shorten the warm-up")
+        if config.schedule.warmup_epochs >= epochs:
+            # A run that is all warm-up never reaches the configured learning rate.
+            logger.warning("--epochs %d is not larger than schedule.warmup_epochs (%d): shortening the warm-up "
+                           "to %d epoch(s)", epochs, config.schedule.warmup_epochs, epochs - 1)
+            config.schedule.warmup_epochs = epochs - 1
     folds = parse_folds(fold)
     if resume and not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} not found; is {run_dir} a run folder?")
