@@ -394,7 +394,8 @@ def test_read_label_off_by_one_shape_rejected(tmp_path):
     message = str(error.value)
     assert "case.nii.gz: label grid does not match" in message
     assert "case_0000.nii.gz" in message
-    assert "shape (12, 10, 8) vs (12, 10, 9)" in message
+    # The values come in the order that the words before them name.
+    assert "(image vs label: shape (12, 10, 8) vs (12, 10, 9)" in message
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -130,8 +130,10 @@ def test_evaluate_other_grid_names_case(tmp_path):
 def test_evaluate_other_shape_names_case(tmp_path):
     _save(tmp_path / "ref" / "case_7.nii.gz", _cube())
     _save(tmp_path / "pred" / "case_7.nii.gz", _cube(shape=(16, 16, 15)))
-    with pytest.raises(InputError, match="case_7.*another grid.*shape"):
+    with pytest.raises(InputError, match="case_7.*another grid.*shape") as error:
         evaluate(tmp_path / "pred", tmp_path / "ref")
+    shape = tuple(_cube().shape)
+    assert f"reference vs prediction: shape {shape} vs (16, 16, 15)" in str(error.value)
 
 
 def test_evaluate_float_noise_in_affine_accepted(tmp_path):

@@ -465,7 +465,8 @@ def check_same_grid(reference: ImageGeometry, other: ImageGeometry, *, what: str
         return
     reference_path = reference.paths[0] if reference.paths else "reference image"
     other_path = other.paths[0] if other.paths else what
-    raise InputError(f"{other_path}: {what} grid does not match {reference_path}: {'; '.join(differences)}. "
+    raise InputError(f"{other_path}: {what} grid does not match {reference_path} (image vs {what}: "
+                     f"{'; '.join(differences)}). "
                      f"Each {what} must be on the same voxel grid as the image; resample it onto the image "
                      f"(nearest-neighbour for labels) or fix its header.")
 

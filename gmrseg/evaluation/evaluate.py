@@ -189,7 +189,7 @@ def _check_same_grid(case_id: str, prediction_path: Path, reference_path: Path, 
     if differences:
         raise InputError(
             f"case {case_id}: prediction {prediction_path} is on another grid than reference {reference_path} "
-            f"({'; '.join(differences)}). gmrseg evaluate does not resample; predict on the reference's image "
+            f"(reference vs prediction: {'; '.join(differences)}). gmrseg evaluate does not resample; predict on the reference's image "
             "(gmrseg predict writes on the input's grid) or resample the prediction with nearest-neighbour "
             "interpolation onto the reference grid"
         )
