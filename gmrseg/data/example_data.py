@@ -227,7 +227,8 @@ def _load_mni152_sources():
     except ImportError:
         raise InputError(
             "the mni152 example needs nilearn, which is not installed. Install it with "
-            "`pip install gmrseg[examples]` (or `pip install nilearn`), or use --dataset hippocampus."
+            "`pip install nilearn` (or the extra: `pip install -e \".[examples]\"` in a source checkout), "
+            "or use --dataset hippocampus."
         ) from None
     # These loaders read files inside nilearn's wheel; nothing is downloaded.
     template = datasets.load_mni152_template()
