@@ -121,6 +121,9 @@ def test_load_hippocampus():
      r"indices must be 0..0"),
     (json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}, "file_ending": "nii"}),
      "'file_ending' must be a string such as"),
+    (json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}}), "missing 'file_ending'; "),
+    (json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}, "file_endings": ".nii.gz"}),
+     "missing 'file_ending' \\(found 'file_endings': rename it\\)"),
     (json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}, "file_ending": ".png"}),
      "'file_ending' '.png' is not supported"),
     (json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0}, "file_ending": ".nii.gz",
@@ -133,6 +136,18 @@ def test_invalid_dataset_json(tmp_path, content, message):
 
     with pytest.raises(InputError, match=message):
         load_dataset(root)
+
+
+def test_misspelled_key_warned_other_keys_kept(tmp_path, caplog):
+    root = tmp_path / "Dataset005_Prostate"
+    values = {key: value for key, value in NNUNET_JSON.items() if key != "numTraining"}
+    write_json(root, {**values, "numTrainning": 2, "description": "free text", "licence": "CC BY-SA 4.0"})
+    with caplog.at_level("WARNING"):
+        spec = load_dataset(root)
+    assert "unknown key 'numTrainning' is ignored; did you mean 'numTraining'?" in caplog.text
+    # Keys that are no near miss (free-form metadata) pass without a word.
+    assert "description" not in caplog.text and "licence" not in caplog.text
+    assert spec.raw["licence"] == "CC BY-SA 4.0"
 
 
 def test_missing_dataset_folder_and_json(tmp_path):

@@ -18,7 +18,9 @@ checked by :mod:`gmrseg.data.validation` (and by the readers in
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,6 +32,13 @@ from gmrseg.data.io import file_ending as image_file_ending
 from gmrseg.errors import InputError
 
 __all__ = ["Case", "DatasetSpec", "find_input_cases", "load_dataset", "split_channel_suffix"]
+
+logger = logging.getLogger(__name__)
+
+# Keys of dataset.json that gmrseg reads (nnU-Net v2 and Decathlon). Other keys are kept
+# and ignored, but one that is a near miss of an absent key here is reported as a likely typo.
+_DATASET_JSON_KEYS = ("channel_names", "modality", "labels", "numTraining", "file_ending", "name",
+                      "training", "test", "numTest", "dataset")
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -128,7 +137,22 @@ def _read_dataset_json(root: Path) -> dict[str, Any]:
         raise InputError(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}.") from error
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a JSON object at the top level, got {type(raw).__name__}.")
+    for key, known in _near_miss_keys(raw).items():
+        logger.warning("%s: unknown key %r is ignored; did you mean %r?", path, key, known)
     return raw
+
+
+def _near_miss_keys(raw: dict[str, Any]) -> dict[str, str]:
+    """Map each key of ``raw`` that looks like a misspelling of an absent known key to that key."""
+    absent = [key for key in _DATASET_JSON_KEYS if key not in raw]
+    found = {}
+    for key in raw:
+        if key in _DATASET_JSON_KEYS:
+            continue
+        match = difflib.get_close_matches(key, absent, n=1, cutoff=0.8)
+        if match:
+            found[key] = match[0]
+    return found
 
 
 def _parse_channel_names(raw: dict[str, Any], path: Path) -> dict[int, str]:
@@ -311,6 +335,11 @@ def load_dataset(root: str | os.PathLike) -> DatasetSpec:
         return DatasetSpec(root, name, channel_names, labels, ending, num_training, training, test, raw, "decathlon")
 
     ending = raw.get("file_ending")
+    if "file_ending" not in raw:
+        typo = [key for key, known in _near_miss_keys(raw).items() if known == "file_ending"]
+        hint = f" (found {typo[0]!r}: rename it)" if typo else ""
+        raise InputError(f"{path}: missing 'file_ending'{hint}; an nnU-Net v2 dataset.json needs it, for example "
+                         f"\"file_ending\": \".nii.gz\".")
     if not isinstance(ending, str) or not ending.startswith("."):
         raise InputError(f"{path}: 'file_ending' must be a string such as \".nii.gz\", got {ending!r}.")
     if ending.lower() not in NIFTI_ENDINGS + ITK_ENDINGS:
