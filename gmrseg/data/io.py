@@ -539,8 +539,9 @@ def check_channel_layout(volume: LoadedVolume, path: str | os.PathLike, *, num_f
         hint = (" A 4D file is read as channels only where the model or dataset declares several channels."
                 if num_channels is None else "")
         raise InputError(f"{path}: 4D image with {found} volumes (shape {volume.data.shape}) where {expected} "
-                         f"expected. gmrseg does not average or pick volumes; extract the volume(s) the model "
-                         f"was trained on into a 3D file.{hint}")
+                         f"expected. gmrseg does not average or pick volumes: extract the volume you need into "
+                         f"a 3D file, or, if the volumes are channels (modalities), split them into CASE_0000, "
+                         f"CASE_0001, ... files and declare each in dataset.json's channel_names.{hint}")
     raise InputError(f"{path}: 3D image with one channel, but {num_channels} channels are expected. Pass one file "
                      f"per channel (CASE_0000, CASE_0001, ...) or a 4D file whose last dimension holds the channels.")
 

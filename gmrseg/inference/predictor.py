@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ logger = logging.getLogger(__name__)
 # falls back to the CPU.
 _GPU_STITCH_FRACTION = 0.25
 
-# Show a tqdm bar over windows for volumes with at least this many windows.
+# Show a tqdm bar over windows for volumes with at least this many windows, on a terminal only
+# (in a log file every update would be one more line).
 _WINDOW_PROGRESS_MIN = 64
 
 
@@ -219,7 +221,7 @@ class Predictor:
         """Average softmax probabilities over folds and TTA symmetries, ``(1, K, *spatial)`` on ``stitch_device``."""
         image = image.to(stitch_device)
         layout = plan_window_layout(image.shape[2:], self.roi_size, self.overlap)
-        progress = layout.total_windows >= _WINDOW_PROGRESS_MIN
+        progress = layout.total_windows >= _WINDOW_PROGRESS_MIN and sys.stderr.isatty()
 
         total = None
         for network in self.networks:

@@ -219,8 +219,11 @@ def _train_fold(
         # Bars only on a terminal: in a log file they would be one line per update.
         seed=config.training.seed, progress=not quiet and context.is_main and sys.stderr.isatty(),
     )
-    logger.info("Fold %d: %d training and %d validation cases, patch %s, rotation augmentation %s", fold,
-                len(split["train"]), len(val_ids), config.data.patch_size, "on" if rotation else "off")
+    limited = ""
+    if len(val_ids) < len(split["val"]):
+        limited = f" (validation.max_cases; the fold has {len(split['val'])})"
+    logger.info("Fold %d: %d training and %d validation cases%s, patch %s, rotation augmentation %s", fold,
+                len(split["train"]), len(val_ids), limited, config.data.patch_size, "on" if rotation else "off")
 
     trainer = Trainer(config, network, train_dataset, val_dataset, class_names, fold_dir=fold_dir, context=context,
                       quiet=quiet, network_info=plans["network"], window_margin=plans.get("window_margin"))
@@ -351,4 +354,18 @@ def _train(dataset_dir: Path, config: Config, run_dir: Path, folds: list[int], c
         summaries[index] = _train_fold(index, config=config, plans=plans, spec=spec, plan=plan, label_map=label_map,
                                        split=splits[index], run_dir=run_dir, context=context, resume=resume,
                                        quiet=quiet)
+    if context.is_main:
+        _log_finished(run_dir, summaries)
     return {"run_dir": str(run_dir), "folds": summaries}
+
+
+def _log_finished(run_dir: Path, summaries: dict[int, dict[str, Any]]) -> None:
+    """Log where the trained folds are and how to predict with them."""
+    logger.info("Training finished; run folder %s", run_dir)
+    for index, summary in summaries.items():
+        best = summary.get("best_dice_mean")
+        score = "no validation"
+        if best is not None:
+            score = f"best mean Dice {best:.3f} at epoch {summary.get('best_epoch')}"
+        logger.info("  fold %d: %s; %s", index, score, Path(summary["fold_dir"]) / "checkpoint_best.pt")
+    logger.info("Predict with: gmrseg predict -m %s -i IMAGES -o OUTPUT", run_dir)
