@@ -15,7 +15,7 @@ in one output folder:
 4. ``predictions/`` and ``evaluation/``: every model on every test set.
 5. ``results.md``, ``results.csv``, ``results.json`` and ``dice_vs_angle.png``.
 
-The default settings are sized for a 2-core CPU (about 30 minutes unshared);
+The default settings are sized for a 2-core CPU (33 minutes measured with other jobs beside it);
 ``--full`` switches to the default config and every held-out case for a GPU.
 """
 
@@ -80,9 +80,10 @@ _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
 
 _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 
-# CPU defaults, sized for about 30 minutes on 2 idle cores: 8 held-out cases in 17 test
-# sets (144 scans per model), 16 of the quick preset's 24 epochs per model, and windows
-# overlapping by a quarter (half as many windows as 0.5 on these volumes).
+# CPU defaults: 8 held-out cases in 17 test sets (144 scans per model), 16 of the quick
+# preset's 24 epochs per model, and windows overlapping by a quarter (half as many windows
+# as 0.5 on these volumes). NOTE: measured at 33 minutes beside other jobs, over the
+# 30-minute goal; overlap 0.5 scored GMRUNet 2 to 4 points higher (docs/benchmarks.md).
 _CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 16,
                  "overlap": 0.25}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
