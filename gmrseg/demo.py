@@ -20,9 +20,8 @@ __all__ = ["DemoResult", "run_demo"]
 logger = logging.getLogger(__name__)
 
 # The demo trains on 51 cases (fold 0 of the 64 shipped training cases) for 20 of
-# the quick preset's 24 epochs. With prediction and evaluation this is estimated at
-# about 9 minutes on 2 idle CPU cores, from the step and prediction times measured
-# in docs/benchmarks.md.
+# the quick preset's 24 epochs. With prediction and evaluation it took 8.4 minutes
+# on 2 idle CPU cores (docs/benchmarks.md).
 DEMO_EPOCHS = 20
 
 
