@@ -162,6 +162,6 @@ def test_mni152_without_nilearn_names_extra(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_nilearn)
-    with pytest.raises(InputError, match=r"pip install gmrseg\[examples\]"):
+    with pytest.raises(InputError, match=r"pip install nilearn.*pip install -e \"\.\[examples\]\""):
         make_example_dataset(tmp_path / "mni", dataset="mni152", cases=2)
     assert not (tmp_path / "mni").exists()
