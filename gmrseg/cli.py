@@ -229,7 +229,7 @@ def _run_evaluate(args) -> int:
 def _run_example_data(args) -> int:
     from gmrseg.data.example_data import make_example_dataset
 
-    out_dir = make_example_dataset(
+    make_example_dataset(
         args.out_dir,
         dataset=args.dataset,
         cases=args.cases,
@@ -239,7 +239,7 @@ def _run_example_data(args) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
     )
-    print(f"Example dataset written to {out_dir}")
+    # make_example_dataset logs the folder and the case counts, so nothing is printed here.
     return 0
 
 
