@@ -40,7 +40,7 @@ def _add_train(subparsers) -> None:
     )
     parser.add_argument("dataset_dir", type=Path, help="dataset folder with dataset.json, imagesTr/ and labelsTr/")
     parser.add_argument("-c", "--config", default=None,
-                        help="YAML config file, or a preset name: default, quick, unet_baseline; keys not given "
+                        help="YAML config file, or a preset name (default, quick, unet_baseline). Keys not given "
                         "take the defaults of configs/default.yaml (default: the built-in default config)")
     parser.add_argument("-o", "--output", "--run-dir", dest="run_dir", type=Path, required=True,
                         help="run folder for checkpoints, logs, metrics and everything predict needs")
@@ -239,7 +239,7 @@ def _run_example_data(args) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
     )
-    # make_example_dataset logs the folder and the case counts, so nothing is printed here.
+    # make_example_dataset logs the folder and the case counts, so the command prints nothing more.
     return 0
 
 

@@ -311,7 +311,7 @@ def test_presets_and_explicit_options(tmp_path):
     assert (explicit.overlap, explicit.epochs) == (0.0, 3)
 
 
-def test_base_config_keeps_ring_settings_for_gmr_only(tmp_path):
+def test_ring_settings_kept_for_gmr_only(tmp_path):
     from gmrseg.benchmarking.common import base_config_values
     from gmrseg.networks.factory import build_network
 

@@ -394,7 +394,7 @@ def test_read_label_off_by_one_shape_rejected(tmp_path):
     message = str(error.value)
     assert "case.nii.gz: label grid does not match" in message
     assert "case_0000.nii.gz" in message
-    # The values come in the order that the words before them name.
+    # The values follow the order of the names before them.
     assert "(image vs label: shape (12, 10, 8) vs (12, 10, 9)" in message
 
 

@@ -104,9 +104,9 @@ def test_output_equal_to_input_rejected(tmp_path, run):
     assert source.read_bytes() == before
 
 
-def test_output_folder_equal_to_input_folder_rejected(tmp_path, run):
-    # CASE_0000 inputs give CASE outputs: no file would be overwritten, but the
-    # segmentations would be read as scans by the next run on that folder.
+def test_output_folder_as_input_rejected(tmp_path, run):
+    # CASE_0000 inputs give CASE outputs, so no file is overwritten. The next run
+    # on that folder would still read the segmentations as scans.
     save_nifti(tmp_path / "in" / "scan_0000.nii.gz", _pattern(), AFFINE)
     with pytest.raises(InputError, match="is the input folder"):
         predict(run, tmp_path / "in", tmp_path / "in" / ".", device="cpu")

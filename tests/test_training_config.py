@@ -108,7 +108,7 @@ def test_unknown_preset_lists_presets():
 
 
 @pytest.mark.parametrize("source", ["quick", "quick.yaml", Path("quick"), Path("quick.yml")])
-def test_preset_by_bare_name_as_str_or_path(source, tmp_path, monkeypatch):
+def test_preset_by_bare_name(source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config(source) == load_config("quick")
 

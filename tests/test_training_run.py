@@ -118,14 +118,14 @@ def test_resume_trains_more_epochs(dataset, tmp_path):
     assert len(metrics) == 3  # header and two epochs
 
 
-def test_epochs_override_shortens_the_warm_up(dataset, tmp_path, caplog):
+def test_epochs_override_shortens_warmup(dataset, tmp_path, caplog):
     config = write_config(tmp_path / "tiny.yaml", schedule={"name": "cosine", "warmup_epochs": 1},
                           training={"epochs": 3})
     with caplog.at_level("INFO"):
         train(dataset, config_path=config, run_dir=tmp_path / "run", device="cpu", quiet=True, epochs=1)
-    assert "shortening the warm-up to 0 epoch(s)" in caplog.text
-    # The last lines say where the run is and how to predict with it.
-    assert f"Training finished; run folder {tmp_path / 'run'}" in caplog.text
+    assert "the warm-up is shortened to 0 epoch(s)" in caplog.text
+    # The last log lines name the run folder and the predict command.
+    assert f"Training finished. Run folder: {tmp_path / 'run'}" in caplog.text
     assert str(tmp_path / "run" / "fold_0" / "checkpoint_best.pt") in caplog.text
     assert f"gmrseg predict -m {tmp_path / 'run'}" in caplog.text
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())

@@ -21,7 +21,7 @@ def test_written_file_follows_umask(tmp_path, umask):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
 
 
-def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
+def test_failed_write_keeps_old_file(tmp_path):
     target = tmp_path / "report.json"
     save_json_atomic(target, {"dice": 0.5})
     with pytest.raises(RuntimeError):

@@ -83,7 +83,7 @@ _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 # CPU defaults: 8 held-out cases in 17 test sets (144 scans per model), 16 of the quick
 # preset's 24 epochs per model, and windows overlapping by a quarter (half as many windows
 # as 0.5 on these volumes). NOTE: measured at 33 minutes beside other jobs, over the
-# 30-minute goal; overlap 0.5 scored GMRUNet 2 to 4 points higher (docs/benchmarks.md).
+# 30-minute goal. Overlap 0.5 scored GMRUNet 2 to 4 points higher (docs/benchmarks.md).
 _CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 16,
                  "overlap": 0.25}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
@@ -281,8 +281,8 @@ def _train_model(settings: RotationBenchmarkSettings, spec: ModelSpec, data_dir:
         kernel_sizes=settings.kernel_sizes, epochs=settings.epochs,
         iterations_per_epoch=settings.iterations_per_epoch, patch_size=settings.patch_size, seed=settings.seed,
     )
-    # Validate once, after the last epoch: every model is then tested with its final weights,
-    # and the time of intermediate validations goes to the comparison instead.
+    # Validate once, after the last epoch, so every model is tested with its final weights
+    # and no time goes to intermediate validations.
     values["validation"]["interval"] = values["training"]["epochs"]
     values["augmentation"]["rotation"] = spec.rotation_augmentation
     if spec.rotation_augmentation:

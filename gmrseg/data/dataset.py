@@ -35,8 +35,8 @@ __all__ = ["Case", "DatasetSpec", "find_input_cases", "load_dataset", "split_cha
 
 logger = logging.getLogger(__name__)
 
-# Keys of dataset.json that gmrseg reads (nnU-Net v2 and Decathlon). Other keys are kept
-# and ignored, but one that is a near miss of an absent key here is reported as a likely typo.
+# Keys of dataset.json that gmrseg reads (nnU-Net v2 and Decathlon). Other keys are ignored,
+# and a warning names any that looks like a misspelling of one of these that is missing.
 _DATASET_JSON_KEYS = ("channel_names", "modality", "labels", "numTraining", "file_ending", "name",
                       "training", "test", "numTest", "dataset")
 
@@ -138,7 +138,7 @@ def _read_dataset_json(root: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a JSON object at the top level, got {type(raw).__name__}.")
     for key, known in _near_miss_keys(raw).items():
-        logger.warning("%s: unknown key %r is ignored; did you mean %r?", path, key, known)
+        logger.warning("%s: unknown key %r is ignored. Did you mean %r?", path, key, known)
     return raw
 
 
@@ -338,7 +338,7 @@ def load_dataset(root: str | os.PathLike) -> DatasetSpec:
     if "file_ending" not in raw:
         typo = [key for key, known in _near_miss_keys(raw).items() if known == "file_ending"]
         hint = f" (found {typo[0]!r}: rename it)" if typo else ""
-        raise InputError(f"{path}: missing 'file_ending'{hint}; an nnU-Net v2 dataset.json needs it, for example "
+        raise InputError(f"{path}: missing 'file_ending'{hint}. An nnU-Net v2 dataset.json needs it, for example "
                          f"\"file_ending\": \".nii.gz\".")
     if not isinstance(ending, str) or not ending.startswith("."):
         raise InputError(f"{path}: 'file_ending' must be a string such as \".nii.gz\", got {ending!r}.")

@@ -497,7 +497,7 @@ def check_finite(data: np.ndarray, path: str | os.PathLike, *, nonfinite: str = 
     nan_count = int(np.count_nonzero(np.isnan(data)))
     detail = f"{bad} non-finite voxels ({nan_count} NaN, {bad - nan_count} Inf) of {data.size}"
     if nonfinite == "error":
-        raise InputError(f"{path}: {detail}. Fix the file (set those voxels to a finite value); from Python, "
+        raise InputError(f"{path}: {detail}. Fix the file (set those voxels to a finite value). From Python, "
                          "read_image(..., nonfinite='warn') replaces them with 0.")
     _warn(f"{path}: {detail}; replaced with 0.")
     return np.where(finite, data, 0).astype(data.dtype, copy=False)

@@ -145,8 +145,8 @@ def plan_jobs(
             raise InputError(f"output {output_path} is an existing file but a folder is needed for the input {input_path}")
         if input_path.is_dir() and output_path.resolve() == input_path.resolve():
             raise InputError(
-                f"output folder {output_path} is the input folder; the segmentations would sit among the scans "
-                "and be read as scans by the next run. Choose another output folder"
+                f"output folder {output_path} is the input folder, where the next run would read the "
+                "segmentations as scans. Choose another output folder"
             )
         outputs = {}
         for case_id, image_paths, dicom_folder in cases:

@@ -48,8 +48,8 @@ logger = logging.getLogger(__name__)
 # falls back to the CPU.
 _GPU_STITCH_FRACTION = 0.25
 
-# Show a tqdm bar over windows for volumes with at least this many windows, on a terminal only
-# (in a log file every update would be one more line).
+# Show a tqdm bar over windows for volumes with at least this many windows. The bar is shown
+# on a terminal only, because in a log file every update would add a line.
 _WINDOW_PROGRESS_MIN = 64
 
 

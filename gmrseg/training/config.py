@@ -461,7 +461,7 @@ def _resolve_source(source: str | Path) -> Path:
     """Return the YAML file for ``source``: an existing file, else a preset named by a bare name.
 
     A bare name is one path component with no suffix or a ``.yaml``/``.yml``
-    suffix (``quick``, ``quick.yaml``), given as ``str`` or ``Path``; an
+    suffix (``quick``, ``quick.yaml``), given as ``str`` or ``Path``. An
     existing file of that name in the working folder wins over the preset.
     """
     path = Path(source)

@@ -276,8 +276,8 @@ def train(
         config.training.epochs = epochs
         if config.schedule.warmup_epochs >= epochs:
             # A run that is all warm-up never reaches the configured learning rate.
-            logger.warning("--epochs %d is not larger than schedule.warmup_epochs (%d): shortening the warm-up "
-                           "to %d epoch(s)", epochs, config.schedule.warmup_epochs, epochs - 1)
+            logger.warning("--epochs %d is not larger than schedule.warmup_epochs (%d), so the warm-up is "
+                           "shortened to %d epoch(s)", epochs, config.schedule.warmup_epochs, epochs - 1)
             config.schedule.warmup_epochs = epochs - 1
     folds = parse_folds(fold)
     if resume and not (run_dir / "config.yaml").is_file():
@@ -360,12 +360,12 @@ def _train(dataset_dir: Path, config: Config, run_dir: Path, folds: list[int], c
 
 
 def _log_finished(run_dir: Path, summaries: dict[int, dict[str, Any]]) -> None:
-    """Log where the trained folds are and how to predict with them."""
-    logger.info("Training finished; run folder %s", run_dir)
+    """Log the run folder, each fold's best checkpoint and the command that predicts with them."""
+    logger.info("Training finished. Run folder: %s", run_dir)
     for index, summary in summaries.items():
         best = summary.get("best_dice_mean")
         score = "no validation"
         if best is not None:
             score = f"best mean Dice {best:.3f} at epoch {summary.get('best_epoch')}"
-        logger.info("  fold %d: %s; %s", index, score, Path(summary["fold_dir"]) / "checkpoint_best.pt")
+        logger.info("  fold %d: %s, checkpoint %s", index, score, Path(summary["fold_dir"]) / "checkpoint_best.pt")
     logger.info("Predict with: gmrseg predict -m %s -i IMAGES -o OUTPUT", run_dir)

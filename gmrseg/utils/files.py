@@ -49,7 +49,7 @@ def atomic_write_path(path: str | os.PathLike, suffix: str | None = None) -> Ite
 
 
 def _current_umask() -> int:
-    """Return the process umask (``os.umask`` can only be read by setting it, so it is set back at once)."""
+    """Return the process umask. ``os.umask`` reads it only by setting a new one, so the old one is set back."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
