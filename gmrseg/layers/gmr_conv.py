@@ -21,6 +21,7 @@ from gmrseg.layers.rings import (
     gaussian_rings,
     initial_sigmas,
     kernel_distances,
+    quartic_correction,
     reference_bins,
     ring_centres,
     ring_window,
@@ -141,6 +142,9 @@ class _GMRConvNd(nn.Module):
         self.register_buffer("distances", distances, persistent=False)
         if ring_profile == "gaussian":
             self.register_buffer("window", ring_window(distances, kernel_size), persistent=False)
+            exact = kernel_distances(kernel_size, self.spatial_dims, dtype=torch.float64)
+            quartic = quartic_correction(exact, ring_window(exact, kernel_size))
+            self.register_buffer("quartic", quartic.to(distances), persistent=False)
         else:
             bins = reference_bins(kernel_size, num_rings, self.spatial_dims, **factory)
             self.register_buffer("bins", bins, persistent=False)
@@ -178,7 +182,7 @@ class _GMRConvNd(nn.Module):
         """Return the ring basis, shape ``(num_rings, k, ..., k)``."""
         if self.ring_profile == "binned":
             return binned_rings(self.bins, self.sigmas())
-        return gaussian_rings(self.distances, self.ring_centres, self.sigmas(), self.window)
+        return gaussian_rings(self.distances, self.ring_centres, self.sigmas(), self.window, self.quartic)
 
     def kernel(self) -> torch.Tensor:
         """Return the dense kernel, shape ``(C_out, C_in / groups, k, ..., k)``."""
