@@ -7,7 +7,11 @@ alternating the two layers so that load from other processes hits both alike, an
 prints the median time ratio GMRConv3d / nn.Conv3d. Peak memory is measured in a
 fresh subprocess per layer: on CPU the growth of the peak resident set size
 (``VmHWM`` in /proc/self/status) over the resident size just before the pass, on CUDA
-``torch.cuda.max_memory_allocated``.
+``torch.cuda.max_memory_allocated``. On CPU the subprocesses run with glibc's
+``MALLOC_MMAP_THRESHOLD_`` set to 128 KiB, so every tensor buffer is mapped and unmapped
+on its own and the peak counts live buffers, as the CUDA figure does. Without it, glibc
+keeps freed buffers in its heap and the peak also depends on the order of allocations;
+``--malloc-default`` measures that way.
 
 Usage:
     python benchmarks/bench_layer.py --quick            # C=32, 48^3, k=3..9
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -31,6 +36,9 @@ from torch import nn
 from gmrseg.layers import GMRConv3d
 
 BATCH = 2
+
+# Buffers of at least this many bytes get their own memory mapping in the CPU memory subprocesses.
+MMAP_THRESHOLD = 128 * 1024
 
 
 def build_layers(channels: int, kernel_size: int, strategy: str, device: str) -> tuple[nn.Module, nn.Module]:
@@ -115,7 +123,10 @@ def measure_memory(kind: str, channels: int, size: int, kernel_size: int, args: 
         "--kernels", str(kernel_size), "--device", args.device, "--strategy", args.strategy,
         "--threads", str(args.threads),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    if not args.malloc_default:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return int(json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 
@@ -131,6 +142,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--strategy", default="auto", help="GMRConv3d strategy to time (default auto)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory subprocesses")
+    parser.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="measure CPU memory with glibc's default allocation thresholds (the peak then includes freed heap)",
+    )
     parser.add_argument("--memory-child", choices=("dense", "gmr"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -146,8 +162,10 @@ def main(argv=None) -> None:
         measure_memory_child(args)
         return
 
+    malloc = "default" if args.malloc_default else f"mmap threshold {MMAP_THRESHOLD // 1024} KiB"
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {args.device}, batch {BATCH}, strategy {args.strategy}")
+          f"{torch.get_num_threads()} threads, device {args.device}, batch {BATCH}, strategy {args.strategy}, "
+          f"CPU memory: glibc {malloc}")
     if args.device.startswith("cuda"):
         print(f"# GPU: {torch.cuda.get_device_name(args.device)}")
     print("| C | S | k | strategy | train Conv3d (s) | train ratio | eval Conv3d (s) | eval ratio | memory Conv3d (MiB) | memory ratio |")

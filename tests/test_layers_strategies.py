@@ -105,3 +105,16 @@ def test_auto_result_matches_dense():
     layer.strategy = "dense"
     assert chosen in ("dense", "spectral")
     assert _relative(out_auto, layer(x)) < 1e-5
+
+
+def test_spectral_backward_saves_only_inputs():
+    layer = GMRConv3d(4, 6, 5, strategy="spectral")
+    x = torch.randn(1, 4, 10, 10, 10, requires_grad=True)
+
+    y = layer(x)
+    saved = y.grad_fn.saved_tensors
+
+    assert len(saved) == 3
+    assert saved[0].data_ptr() == x.data_ptr()
+    assert saved[2].data_ptr() == layer.weight.data_ptr()
+    assert sum(tensor.numel() for tensor in saved) < 2 * x.numel()

@@ -26,7 +26,6 @@ __all__ = [
     "dense_conv",
     "ring_conv",
     "ring_spectra",
-    "spectral_mix",
     "spectral_conv",
     "fft_shape",
 ]
@@ -140,116 +139,203 @@ def ring_spectra(rings: torch.Tensor, shape: tuple[int, ...], dilation: int) -> 
     return torch.fft.rfftn(placed, dim=dims).real.contiguous()
 
 
-# Frequencies are processed in slabs of this many real numbers (real and imaginary parts
-# interleaved), so the per-ring temporaries stay small next to the spectra themselves.
-# Slabs of 2^15 ran about 1.6x slower on a 2-core CPU (PyTorch 2.13), 2^17 as fast as none.
-_SLAB = 1 << 17
+# Output channels go through the frequency domain in this many chunks (fewer when a group
+# has fewer channels), so the per-chunk temporaries stay a fraction of one full spectrum.
+_CHUNKS = 4
 
 
-def _slabs(length: int):
-    for start in range(0, length, _SLAB):
-        yield slice(start, min(start + _SLAB, length))
+def _row_chunks(out_channels: int, groups: int):
+    """Yield ``(group, rows)``: slices of output channels, ``_CHUNKS`` or fewer per group."""
+    per_group = out_channels // groups
+    step = -(-per_group // _CHUNKS)
+    for group in range(groups):
+        for first in range(group * per_group, (group + 1) * per_group, step):
+            yield group, slice(first, min(first + step, (group + 1) * per_group))
 
 
-def _split_groups(spectrum: torch.Tensor, weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the spectrum as real numbers ``(B, groups, C_in/g, 2P)`` and weight as ``(groups, C_out/g, C_in/g, n)``."""
+def _interleaved(responses: torch.Tensor) -> torch.Tensor:
+    """Return real ring responses ``(n, *rfft_shape)`` repeated for real and imaginary parts, ``(n, 2P)``."""
+    return responses.reshape(responses.shape[0], -1, 1).expand(-1, -1, 2).reshape(responses.shape[0], -1)
+
+
+def _real_spectrum(x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Return ``rfftn(x)`` on the grid as real numbers ``(B, C, 2P)`` and the complex shape ``rfft_shape``."""
+    dims = tuple(range(2, x.dim()))
+    spectrum = torch.fft.rfftn(x, s=shape, dim=dims)
+    return torch.view_as_real(spectrum).flatten(2), tuple(spectrum.shape[2:])
+
+
+def _inverse(real: torch.Tensor, rfft_shape: tuple[int, ...], shape: tuple[int, ...]) -> torch.Tensor:
+    """Return ``irfftn`` on the grid of a real-number spectrum ``(B, C, 2P)``, shape ``(B, C, *shape)``."""
+    dims = tuple(range(2, len(shape) + 2))
+    spectrum = torch.view_as_complex(real.reshape(*real.shape[:2], *rfft_shape, 2))
+    return torch.fft.irfftn(spectrum, s=shape, dim=dims)
+
+
+def _output_slices(sizes, kernel_size: int, stride: int, padding: int, dilation: int) -> tuple[int, tuple[slice, ...]]:
+    """Return ``(shift, slices)``: output voxel ``j`` is grid voxel ``j * stride`` after rolling the grid by ``-shift``.
+
+    The padded correlation's voxel ``j`` is voxel ``j + dilation * (k // 2) - padding`` of the
+    circular convolution (see ``spectral_conv``). ``shift`` is that offset.
+    """
+    reach = dilation * (kernel_size // 2)
+    slices = tuple(slice(0, int(size) + 2 * padding - 2 * reach, stride) for size in sizes)
+    return reach - padding, slices
+
+
+def _crop(full: torch.Tensor, shift: int, slices: tuple[slice, ...]) -> torch.Tensor:
+    """Return the output voxels of a full-grid result ``(B, C, *shape)``."""
+    dims = tuple(range(2, full.dim()))
+    if shift:
+        full = torch.roll(full, shifts=(-shift,) * len(dims), dims=dims)
+    return full[(slice(None), slice(None)) + slices]
+
+
+def _uncrop(grad_out: torch.Tensor, shape: tuple[int, ...], shift: int, slices: tuple[slice, ...]) -> torch.Tensor:
+    """Return the adjoint of ``_crop``: ``grad_out`` placed on a zero grid ``(B, C, *shape)``."""
+    dims = tuple(range(2, grad_out.dim()))
+    grid = grad_out.new_zeros(*grad_out.shape[:2], *shape)
+    grid[(slice(None), slice(None)) + slices] = grad_out
+    if shift:
+        grid = torch.roll(grid, shifts=(shift,) * len(dims), dims=dims)
+    return grid
+
+
+def _hermitian_weights(shape: tuple[int, ...], rfft_shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Return ``(2P,)`` weights that turn half-spectrum sums into full-grid inner products.
+
+    For real ``a``, ``b`` on the grid, ``sum a * b = sum_half w * (A_re B_re + A_im B_im)``
+    with ``w = 2 / N`` where the half spectrum stands for a frequency and its mirror,
+    and ``w = 1 / N`` on the last axis's zero (and, for an even size, Nyquist) index.
+    """
+    last = torch.full((rfft_shape[-1],), 2.0, dtype=like.dtype, device=like.device)
+    last[0] = 1.0
+    if shape[-1] % 2 == 0:
+        last[-1] = 1.0
+    total = 1
+    for size in shape:
+        total *= size
+    weights = (last / total).expand(rfft_shape).reshape(-1, 1).expand(-1, 2)
+    return weights.reshape(-1)
+
+
+def _spectral_forward(x, responses, weight, bias, kernel_size, stride, padding, dilation, groups, shape):
+    """Compute ``spectral_conv`` chunk by chunk of output channels, without an autograd graph."""
+    batch = x.shape[0]
     out_channels, in_per_group, num_rings = weight.shape
-    x = torch.view_as_real(spectrum).reshape(spectrum.shape[0], groups, in_per_group, -1)
-    return x, weight.view(groups, out_channels // groups, in_per_group, num_rings)
+    x_real, rfft_shape = _real_spectrum(x, shape)
+    scale = _interleaved(responses)
+    shift, slices = _output_slices(x.shape[2:], kernel_size, stride, padding, dilation)
+    out_sizes = [len(range(*item.indices(item.stop))) for item in slices]
+    out = x.new_empty(batch, out_channels, *out_sizes)
 
-
-def _mix_forward(spectrum: torch.Tensor, weight: torch.Tensor, responses: torch.Tensor, groups: int) -> torch.Tensor:
-    """Return ``sum_l W_l (R_l * X)`` as real numbers ``(B, groups, C_out/g, 2P)``."""
-    x, w = _split_groups(spectrum, weight, groups)
-    num_rings = w.shape[-1]
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        # One expression per ring keeps traced and compiled graphs free of slab loops.
-        return sum(torch.matmul(w[..., ring], x * responses[ring]) for ring in range(num_rings))
-
-    out = x.new_empty(x.shape[0], groups, w.shape[1], x.shape[-1])
-    for slab in _slabs(x.shape[-1]):
-        x_slab = x[..., slab]
-        total = torch.matmul(w[..., 0], x_slab * responses[0, slab])
+    for group, rows in _row_chunks(out_channels, groups):
+        # One matrix product per chunk for all rings: (n * c, C_in / groups) @ (C_in / groups, 2P).
+        stacked = weight[rows].permute(2, 0, 1).reshape(-1, in_per_group)
+        terms = torch.matmul(stacked, x_real[:, group * in_per_group : (group + 1) * in_per_group])
+        terms = terms.view(batch, num_rings, -1, terms.shape[-1])
+        mixed = terms[:, 0].mul_(scale[0])
         for ring in range(1, num_rings):
-            total.add_(torch.matmul(w[..., ring], x_slab * responses[ring, slab]))
-        out[..., slab] = total
+            mixed.addcmul_(terms[:, ring], scale[ring])
+        out[:, rows] = _crop(_inverse(mixed, rfft_shape, shape), shift, slices)
+        del terms, mixed
+
+    if bias is not None:
+        out += bias.view(1, -1, *([1] * (x.dim() - 2)))
     return out
 
 
-class _SpectralMix(torch.autograd.Function):
-    """Frequency-domain channel mixing with a memory-lean backward pass.
+def _spectral_backward(grad_out, x, responses, weight, needs, kernel_size, stride, padding, dilation, groups, shape):
+    """Return the gradients of ``spectral_conv`` for ``(x, responses, weight, bias)``; ``None`` where not needed.
 
-    Autograd through ``_mix_forward`` would store one product per ring; this function
-    stores only the input spectrum and works through the frequencies slab by slab.
+    Forward is ``out = crop(irfftn(sum_l W_l R_l X))``. Its adjoint places ``grad_out`` on
+    the grid (``_uncrop``) with spectrum ``G``. The input gradient is the same circular
+    correlation with the channel-transposed weights, ``irfftn(sum_l W_l^T R_l G)`` cropped
+    to the input, because every ring is symmetric and so has a real spectrum. The weight and
+    response gradients are inner products over the grid, taken in the half spectrum with
+    ``_hermitian_weights``. The input spectrum is recomputed here rather than saved.
     """
+    need_x, need_r, need_w, need_b = needs
+    batch = x.shape[0]
+    out_channels, in_per_group, num_rings = weight.shape
+    x_real, rfft_shape = _real_spectrum(x, shape)
+    scale = _interleaved(responses)
+    shift, slices = _output_slices(x.shape[2:], kernel_size, stride, padding, dilation)
+    inner = _hermitian_weights(shape, rfft_shape, x_real) if (need_r or need_w) else None
 
-    @staticmethod
-    def forward(ctx, spectrum, weight, responses, groups):
-        ctx.save_for_backward(spectrum, weight, responses)
-        ctx.groups = groups
-        return _mix_forward(spectrum, weight, responses, groups)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        spectrum, weight, responses = ctx.saved_tensors
-        x, w = _split_groups(spectrum, weight, ctx.groups)
-        num_rings = w.shape[-1]
-        grad_out = grad_out.contiguous()
-        need_x, need_w, need_r = ctx.needs_input_grad[:3]
-
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w = torch.zeros_like(w) if need_w else None
-        grad_r = torch.empty_like(responses) if need_r else None
-        for slab in _slabs(x.shape[-1]):
-            x_slab = x[..., slab]
-            g_slab = grad_out[..., slab]
-            grad_x_slab = None
-            for ring in range(num_rings):
-                if need_x or need_r:
-                    back = torch.matmul(w[..., ring].transpose(-1, -2), g_slab)
-                    if need_r:
-                        grad_r[ring, slab] = (back * x_slab).sum(dim=(0, 1, 2))
-                    if need_x:
-                        back.mul_(responses[ring, slab])
-                        grad_x_slab = back if grad_x_slab is None else grad_x_slab.add_(back)
-                if need_w:
-                    product = torch.matmul(g_slab, (x_slab * responses[ring, slab]).transpose(-1, -2))
-                    grad_w[..., ring] += product.sum(0)
+    grad_spectrum = torch.zeros_like(x_real) if need_x else None
+    grad_scale = x_real.new_zeros(num_rings, x_real.shape[-1]) if need_r else None
+    grad_w = torch.zeros_like(weight) if need_w else None
+    for group, rows in _row_chunks(out_channels, groups):
+        channels = slice(group * in_per_group, (group + 1) * in_per_group)
+        g_real, _ = _real_spectrum(_uncrop(grad_out[:, rows], shape, shift, slices), shape)
+        stacked = weight[rows].permute(2, 0, 1).reshape(-1, in_per_group)
+        for b in range(batch):
+            # Ring-scaled output gradients, all rings stacked: (n * c, 2P).
+            scaled = (g_real[b].unsqueeze(0) * scale.unsqueeze(1)).flatten(0, 1)
             if need_x:
-                grad_x[..., slab] = grad_x_slab
+                grad_spectrum[b, channels].addmm_(stacked.t(), scaled)
+            if need_w:
+                products = torch.matmul(scaled.mul_(inner), x_real[b, channels].t())
+                grad_w[rows] += products.view(num_rings, -1, in_per_group).permute(1, 2, 0)
+            if need_r:
+                terms = torch.matmul(stacked, x_real[b, channels]).view(num_rings, -1, x_real.shape[-1])
+                grad_scale += terms.mul_(g_real[b]).sum(dim=1)
+    del x_real
 
-        if grad_x is not None:
-            grad_x = torch.view_as_complex(grad_x.view(*spectrum.shape, 2))
-        if grad_w is not None:
-            grad_w = grad_w.reshape(weight.shape)
-        return grad_x, grad_w, grad_r, None
+    grad_x = None
+    if need_x:
+        grad_x = torch.empty_like(x)
+        inputs = tuple(slice(0, int(size)) for size in x.shape[2:])
+        for _, rows in _row_chunks(x.shape[1], 1):
+            grad_x[:, rows] = _inverse(grad_spectrum[:, rows], rfft_shape, shape)[(slice(None), slice(None)) + inputs]
+
+    grad_r = None
+    if need_r:
+        grad_r = (grad_scale * inner).view(num_rings, -1, 2).sum(-1).view_as(responses)
+    grad_b = grad_out.sum(dim=(0,) + tuple(range(2, grad_out.dim()))) if need_b else None
+    return grad_x, grad_r, grad_w, grad_b
 
 
-def spectral_mix(spectrum: torch.Tensor, weight: torch.Tensor, responses: torch.Tensor, groups: int) -> torch.Tensor:
-    """Apply rings and channel mixing to an input spectrum.
+class _SpectralConv(torch.autograd.Function):
+    """Spectral convolution with a hand-written, memory-lean backward pass.
 
-    Args:
-        spectrum: complex input spectrum ``(B, C_in, *rfft_shape)``.
-        weight: ring weights ``(C_out, C_in / groups, n)``.
-        responses: real ring spectra ``(n, *rfft_shape)``.
-        groups: channel groups.
-
-    Returns:
-        Complex output spectrum ``(B, C_out, *rfft_shape)``.
+    Autograd through the FFTs and the channel mixing would keep the input spectrum, the
+    mixed spectrum and the full-grid output alive. This function saves only its inputs,
+    recomputes the input spectrum in backward and works through the output channels in
+    chunks, so its peak memory stays near that of one full-grid spectrum.
     """
-    batch = spectrum.shape[0]
-    out_shape = (batch, weight.shape[0]) + tuple(spectrum.shape[2:]) + (2,)
 
-    # Both real and imaginary parts are scaled by the same real response.
-    responses = responses.reshape(responses.shape[0], -1, 1).expand(-1, -1, 2).reshape(responses.shape[0], -1)
-    needs_graph = torch.is_grad_enabled() and (
-        spectrum.requires_grad or weight.requires_grad or responses.requires_grad
-    )
-    if needs_graph and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-        mixed = _SpectralMix.apply(spectrum, weight, responses, groups)
-    else:
-        mixed = _mix_forward(spectrum, weight, responses, groups)
-    return torch.view_as_complex(mixed.reshape(out_shape))
+    @staticmethod
+    def forward(ctx, x, responses, weight, bias, geometry):
+        ctx.save_for_backward(x, responses, weight)
+        ctx.geometry = geometry
+        return _spectral_forward(x, responses, weight, bias, *geometry)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, responses, weight = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:4])
+        grad_x, grad_r, grad_w, grad_b = _spectral_backward(grad_out, x, responses, weight, needs, *ctx.geometry)
+        return grad_x, grad_r, grad_w, grad_b, None
+
+
+def _traced_spectral_conv(x, responses, weight, bias, kernel_size, stride, padding, dilation, groups, shape):
+    """Compute ``spectral_conv`` as plain tensor operations, for ``torch.jit.trace``, export and compile."""
+    batch = x.shape[0]
+    out_channels, in_per_group, num_rings = weight.shape
+    x_real, rfft_shape = _real_spectrum(x, shape)
+    x_real = x_real.reshape(batch, groups, in_per_group, -1)
+    w = weight.view(groups, out_channels // groups, in_per_group, num_rings)
+    scale = _interleaved(responses)
+    mixed = sum(torch.matmul(w[..., ring], x_real) * scale[ring] for ring in range(num_rings))
+    full = _inverse(mixed.reshape(batch, out_channels, -1), rfft_shape, shape)
+    shift, slices = _output_slices(x.shape[2:], kernel_size, stride, padding, dilation)
+    out = _crop(full, shift, slices)
+    if bias is not None:
+        return out + bias.view(1, -1, *([1] * (x.dim() - 2)))
+    return out.contiguous()
 
 
 def spectral_conv(
@@ -271,6 +357,8 @@ def spectral_conv(
     once indices wrap around. A GMR kernel is symmetric, so cross-correlation equals
     convolution, and output voxel ``j`` of the padded correlation is voxel
     ``j + dilation * (k // 2) - padding`` (modulo the grid) of the circular convolution.
+    The rings scale real and imaginary parts alike, and the channel mixing is a real
+    matrix product per ring.
 
     Args:
         x: input ``(B, C_in, *spatial)``, float32 or float64.
@@ -283,24 +371,11 @@ def spectral_conv(
     Returns:
         Output ``(B, C_out, *spatial_out)``, the same as ``F.conv3d`` up to rounding.
     """
-    spatial_dims = x.dim() - 2
-    dims = tuple(range(2, spatial_dims + 2))
-    reach = dilation * (kernel_size // 2)
+    geometry = (kernel_size, stride, padding, dilation, groups, tuple(shape))
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _traced_spectral_conv(x, responses, weight, bias, *geometry)
 
-    spectrum = torch.fft.rfftn(x, s=shape, dim=dims)
-    mixed = spectral_mix(spectrum, weight, responses, groups)
-    full = torch.fft.irfftn(mixed, s=shape, dim=dims)
-
-    # Crop the valid voxels (and apply the stride); shift first when the padding exceeds the kernel's reach.
-    start = reach - padding
-    if start < 0:
-        full = torch.roll(full, shifts=(-start,) * spatial_dims, dims=dims)
-        start = 0
-    index = [slice(None), slice(None)]
-    for size in x.shape[2:]:
-        out_size = int(size) + 2 * padding - 2 * reach
-        index.append(slice(start, start + out_size, stride))
-    out = full[tuple(index)]
-    if bias is not None:
-        return out + bias.view(1, -1, *([1] * spatial_dims))
-    return out.contiguous()
+    tensors = (x, responses, weight) + (() if bias is None else (bias,))
+    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+        return _SpectralConv.apply(x, responses, weight, bias, geometry)
+    return _spectral_forward(x, responses, weight, bias, *geometry)

@@ -38,9 +38,9 @@ _THROUGHPUT = {
     },
 }
 
-# NOTE: the model weighs time only. A spectral forward+backward pass peaked at about 3x the
-# resident memory of nn.Conv3d's (C = 32, 48^3, k = 3 and 5, CPU), mostly FFT-sized
-# temporaries; pass strategy="dense" where memory is tighter than time.
+# NOTE: the model weighs time only. A spectral forward+backward pass peaked at 0.7x to 1.2x
+# the live memory of nn.Conv3d's (C = 32, 48^3, k = 3 to 9, CPU) but has not been measured
+# on CUDA; pass strategy="dense" where memory is tighter than time.
 # "auto" takes the spectral path only when the model predicts it at most this fraction
 # of the dense time, so that a wrong estimate near the break-even point costs little.
 _MARGIN = 0.8
