@@ -13,7 +13,7 @@ from gmrseg.errors import InputError
 from gmrseg.training.distributed import DistributedContext, all_reduce_mean, all_reduce_sum, init_distributed
 from gmrseg.training.losses import SegmentationLoss
 from gmrseg.training.optimizer import build_optimizer
-from gmrseg.training.progress import plot_progress, write_metrics_csv
+from gmrseg.training.progress import plot_progress, progress_figure, write_metrics_csv
 from gmrseg.training.rng import capture_rng_state, restore_rng_state
 from gmrseg.training.schedule import build_scheduler, lr_factor
 
@@ -136,3 +136,16 @@ def test_metrics_and_plot_files(tmp_path):
     plot_progress(tmp_path / "progress.png", history, ["a", "b"])
     assert (tmp_path / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_progress_figure_one_epoch_whole_ticks():
+    history = [{"epoch": 1, "train_loss": 1.5, "val_loss": 1.4, "dice_a": 0.3, "dice_mean": 0.3, "lr": 0.01}]
+
+    figure = progress_figure(history, ["a"])
+    figure.canvas.draw()
+
+    for axes in figure.axes:
+        ticks = axes.get_xticks()
+        assert len(ticks) > 0
+        assert all(float(tick).is_integer() for tick in ticks)
+    assert figure.axes[0].lines[0].get_marker() == "."

@@ -18,6 +18,8 @@ accepts any stride, dilation and groups.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -141,13 +143,13 @@ def ring_spectra(rings: torch.Tensor, shape: tuple[int, ...], dilation: int) -> 
 
 # Output channels go through the frequency domain in this many chunks (fewer when a group
 # has fewer channels), so the per-chunk temporaries stay a fraction of one full spectrum.
-_CHUNKS = 4
+_CHUNKS = 8
 
 
-def _row_chunks(out_channels: int, groups: int):
-    """Yield ``(group, rows)``: slices of output channels, ``_CHUNKS`` or fewer per group."""
+def _row_chunks(out_channels: int, groups: int, chunks: int = _CHUNKS):
+    """Yield ``(group, rows)``: slices of output channels, ``chunks`` or fewer per group."""
     per_group = out_channels // groups
-    step = -(-per_group // _CHUNKS)
+    step = -(-per_group // chunks)
     for group in range(groups):
         for first in range(group * per_group, (group + 1) * per_group, step):
             yield group, slice(first, min(first + step, (group + 1) * per_group))
@@ -159,10 +161,17 @@ def _interleaved(responses: torch.Tensor) -> torch.Tensor:
 
 
 def _real_spectrum(x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Return ``rfftn(x)`` on the grid as real numbers ``(B, C, 2P)`` and the complex shape ``rfft_shape``."""
+    """Return ``rfftn(x)`` on the grid as real numbers ``(B, C, 2P)`` and the complex shape ``rfft_shape``.
+
+    Channels are transformed in chunks, so the zero-extended copy that ``rfftn`` makes of
+    its input never spans all channels at once.
+    """
     dims = tuple(range(2, x.dim()))
-    spectrum = torch.fft.rfftn(x, s=shape, dim=dims)
-    return torch.view_as_real(spectrum).flatten(2), tuple(spectrum.shape[2:])
+    rfft_shape = tuple(shape[:-1]) + (shape[-1] // 2 + 1,)
+    real = x.new_empty(x.shape[0], x.shape[1], 2 * math.prod(rfft_shape))
+    for _, rows in _row_chunks(x.shape[1], 1):
+        real[:, rows] = torch.view_as_real(torch.fft.rfftn(x[:, rows], s=shape, dim=dims)).flatten(2)
+    return real, rfft_shape
 
 
 def _inverse(real: torch.Tensor, rfft_shape: tuple[int, ...], shape: tuple[int, ...]) -> torch.Tensor:
@@ -271,6 +280,13 @@ def _spectral_backward(grad_out, x, responses, weight, needs, kernel_size, strid
         g_real, _ = _real_spectrum(_uncrop(grad_out[:, rows], shape, shift, slices), shape)
         stacked = weight[rows].permute(2, 0, 1).reshape(-1, in_per_group)
         for b in range(batch):
+            if need_r:
+                terms = torch.matmul(stacked, x_real[b, channels]).view(num_rings, -1, x_real.shape[-1])
+                grad_scale += terms.mul_(g_real[b]).sum(dim=1)
+                del terms
+            if not (need_x or need_w):
+                continue
+
             # Ring-scaled output gradients, all rings stacked: (n * c, 2P).
             scaled = (g_real[b].unsqueeze(0) * scale.unsqueeze(1)).flatten(0, 1)
             if need_x:
@@ -278,9 +294,7 @@ def _spectral_backward(grad_out, x, responses, weight, needs, kernel_size, strid
             if need_w:
                 products = torch.matmul(scaled.mul_(inner), x_real[b, channels].t())
                 grad_w[rows] += products.view(num_rings, -1, in_per_group).permute(1, 2, 0)
-            if need_r:
-                terms = torch.matmul(stacked, x_real[b, channels]).view(num_rings, -1, x_real.shape[-1])
-                grad_scale += terms.mul_(g_real[b]).sum(dim=1)
+            del scaled
     del x_real
 
     grad_x = None

@@ -15,10 +15,11 @@ from typing import Any, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from gmrseg.utils.files import atomic_write_path, save_text_atomic
 
-__all__ = ["metric_columns", "plot_progress", "write_metrics_csv"]
+__all__ = ["metric_columns", "plot_progress", "progress_figure", "write_metrics_csv"]
 
 
 def metric_columns(class_names: Sequence[str]) -> list[str]:
@@ -47,17 +48,27 @@ def write_metrics_csv(path: str | Path, history: list[dict[str, Any]], class_nam
 
 
 def plot_progress(path: str | Path, history: list[dict[str, Any]], class_names: Sequence[str]) -> None:
-    """Draw loss curves (left) and validation Dice per class (right) into a PNG.
+    """Draw loss curves (left) and validation Dice per class (right) into a PNG at ``path``."""
+    figure = progress_figure(history, class_names)
+    with atomic_write_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+
+
+def progress_figure(history: list[dict[str, Any]], class_names: Sequence[str]) -> Figure:
+    """Return the figure of ``plot_progress``: loss per epoch (left), validation Dice per class (right).
 
     Uses the Agg canvas directly (no pyplot), so it works without a display
-    and does not touch matplotlib's global figure state.
+    and does not touch matplotlib's global figure state. Epoch ticks are whole
+    numbers, and every point has a marker, so a run of one epoch still shows.
     """
     figure = Figure(figsize=(11, 4), dpi=100)
     FigureCanvasAgg(figure)
     loss_axes, dice_axes = figure.subplots(1, 2)
+    for axes in (loss_axes, dice_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     epochs = [row["epoch"] for row in history]
-    loss_axes.plot(epochs, [row.get("train_loss") for row in history], label="train loss")
+    loss_axes.plot(epochs, [row.get("train_loss") for row in history], marker=".", label="train loss")
     validated = [row for row in history if row.get("dice_mean") is not None]
     if any(row.get("val_loss") is not None for row in validated):
         loss_axes.plot([row["epoch"] for row in validated], [row.get("val_loss") for row in validated],
@@ -79,6 +90,9 @@ def plot_progress(path: str | Path, history: list[dict[str, Any]], class_names: 
     if val_epochs:
         dice_axes.legend(loc="lower right")
 
+    if epochs and max(epochs) - min(epochs) < 2:
+        # A span under two epochs would get fractional ticks; widen it to whole epochs either side.
+        for axes in (loss_axes, dice_axes):
+            axes.set_xlim(min(epochs) - 1, max(epochs) + 1)
     figure.tight_layout()
-    with atomic_write_path(path) as temporary:
-        figure.savefig(temporary, format="png")
+    return figure
