@@ -804,3 +804,29 @@ def test_read_dicom_several_series_rejected(tmp_path):
 
     with pytest.raises(InputError, match=r"contains 2 DICOM series: .*Put each series in its own folder"):
         read_dicom_series(tmp_path)
+
+
+def test_read_dicom_series_missing_slice_logged(tmp_path, caplog, capfd):
+    volume = np.random.default_rng(0).integers(-100, 100, size=(6, 8, 10)).astype(np.int16)
+    folder = tmp_path / "series"
+    write_dicom_series(folder, volume, (0.8, 0.9, 2.5), (10.0, -20.0, 30.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    (folder / "slice_003.dcm").unlink()
+    capfd.readouterr()
+
+    with caplog.at_level("WARNING", logger="gmrseg.data.io"):
+        array, _ = read_dicom_series(folder)
+
+    assert array.shape[-1] == 5
+    assert any("missing slices" in record.getMessage() and str(folder) in record.getMessage() for record in caplog.records)
+    assert "Non uniform sampling" not in capfd.readouterr().err
+
+
+def test_read_dicom_series_even_slices_not_logged(tmp_path, caplog):
+    volume = np.random.default_rng(0).integers(-100, 100, size=(4, 8, 10)).astype(np.int16)
+    folder = tmp_path / "series"
+    write_dicom_series(folder, volume, (0.8, 0.9, 2.5), (10.0, -20.0, 30.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+    with caplog.at_level("WARNING", logger="gmrseg.data.io"):
+        read_dicom_series(folder)
+
+    assert not [record for record in caplog.records if "missing slices" in record.getMessage()]

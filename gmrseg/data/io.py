@@ -78,6 +78,9 @@ _NIFTI1_HEADER_SIZE = 348
 _NIFTI2_HEADER_SIZE = 540
 _GZIP_MAGIC = b"\x1f\x8b"
 
+# Metadata key that ITK's series reader sets when slice positions are not evenly spaced.
+_UNEVEN_SLICES_KEY = "ITK_non_uniform_sampling_deviation"
+
 _READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError, MemoryError)
 
 _warning_sinks: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("gmrseg_io_warnings", default=None)
@@ -303,6 +306,25 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, Any]:
     return data, image.header
 
 
+def _read_series(sitk, path: Path, file_names):
+    """Read DICOM slices as one volume; report uneven slice spacing through ``logging``, not ITK's stderr."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(file_names)
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        image = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+
+    # ITK stacks the slices at even spacing and sets this key when their positions disagree.
+    if image.HasMetaDataKey(_UNEVEN_SLICES_KEY):
+        logger.warning("%s: slice positions are unevenly spaced, or slices are missing. The volume is read with "
+                       "even spacing, so anatomy near a gap is misplaced. Check the series for missing slices.",
+                       path)
+    return image
+
+
 def _load_with_simpleitk(path: Path) -> tuple[np.ndarray, ImageGeometry]:
     """Read an ITK-format file (or a DICOM folder) and return (data (X, Y, Z[, C]), geometry)."""
     import SimpleITK as sitk
@@ -319,9 +341,7 @@ def _load_with_simpleitk(path: Path) -> tuple[np.ndarray, ImageGeometry]:
                 raise InputError(f"{path}: contains {len(series_ids)} DICOM series: {listing}. "
                                  f"Put each series in its own folder and pass that folder.")
             file_names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series_ids[0])
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(file_names)
-            image = reader.Execute()
+            image = _read_series(sitk, path, file_names)
             paths = (path,) + tuple(Path(name) for name in file_names)
         else:
             image = sitk.ReadImage(str(path))
