@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from gmrseg.layers import GMRConv3d
+from gmrseg.layers.strategy import cost_profile
 
 BATCH = 2
 
@@ -163,8 +164,10 @@ def main(argv=None) -> None:
         return
 
     malloc = "default" if args.malloc_default else f"mmap threshold {MMAP_THRESHOLD // 1024} KiB"
+    profile = cost_profile(torch.device(args.device).type)
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {args.device}, batch {BATCH}, strategy {args.strategy}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
+          f"device {args.device}, batch {BATCH}, strategy {args.strategy} (cost profile {profile}), "
           f"CPU memory: glibc {malloc}")
     if args.device.startswith("cuda"):
         print(f"# GPU: {torch.cuda.get_device_name(args.device)}")

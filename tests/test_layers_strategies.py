@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gmrseg.layers import GMRConv2d, GMRConv3d
-from gmrseg.layers.strategy import choose_strategy, estimate_costs
+from gmrseg.layers.strategy import choose_strategy, cost_profile, estimate_costs
 
 CASES = [
     {},
@@ -79,19 +79,33 @@ def _call_with(layer, x, weight, log_sigma):
     return layer(x)
 
 
-def test_auto_choice_by_kernel_size_and_mode():
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_auto_choice_by_kernel_size_and_mode(capability):
     shape = (2, 32, 48, 48, 48)
-    assert choose_strategy(shape, 32, 9, 5, padding=4) == "spectral"
-    assert choose_strategy(shape, 32, 9, 5, padding=4, training=True) == "spectral"
-    assert choose_strategy(shape, 32, 3, 2, padding=1, training=False) == "dense"
-    assert choose_strategy(shape, 32, 1, 1) == "dense"
-    assert choose_strategy((1, 1, 8, 8, 8), 1, 3, 2, padding=1) == "dense"
+    assert choose_strategy(shape, 32, 9, 5, padding=4, cpu_capability=capability) == "spectral"
+    assert choose_strategy(shape, 32, 9, 5, padding=4, training=True, cpu_capability=capability) == "spectral"
+    assert choose_strategy(shape, 32, 5, 3, padding=2, training=True, cpu_capability=capability) == "spectral"
+    assert choose_strategy(shape, 32, 3, 2, padding=1, training=False, cpu_capability=capability) == "dense"
+    assert choose_strategy(shape, 32, 1, 1, cpu_capability=capability) == "dense"
+    assert choose_strategy((1, 1, 8, 8, 8), 1, 3, 2, padding=1, cpu_capability=capability) == "dense"
 
 
-def test_cost_model_grows_with_kernel_only_for_dense():
+def test_avx512_profile_prefers_dense_at_k3():
+    # Measured on an AVX-512 CPU: a spectral 3x3x3 training step at C = 32, 48^3 took 1.5x
+    # the dense one. The generic CPU profile predicts a gain there.
+    shape = (2, 32, 48, 48, 48)
+    assert choose_strategy(shape, 32, 3, 2, padding=1, training=True, cpu_capability="AVX512") == "dense"
+    assert choose_strategy(shape, 32, 3, 2, padding=1, training=True, cpu_capability="AVX2") == "spectral"
+    assert cost_profile("cpu", "AVX512") == "cpu-avx512"
+    assert cost_profile("cpu", "DEFAULT") == "cpu"
+    assert cost_profile("cuda", "AVX512") == "cuda"
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_cost_model_grows_with_kernel_only_for_dense(capability):
     shape = (2, 16, 32, 32, 32)
-    small = estimate_costs(shape, 16, 3, 2, padding=1)
-    large = estimate_costs(shape, 16, 9, 2, padding=4)
+    small = estimate_costs(shape, 16, 3, 2, padding=1, cpu_capability=capability)
+    large = estimate_costs(shape, 16, 9, 2, padding=4, cpu_capability=capability)
     assert large["dense"] == pytest.approx(small["dense"] * 27)
     assert large["spectral"] < 1.5 * small["spectral"]
 
