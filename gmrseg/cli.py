@@ -51,6 +51,10 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--device", default="auto", help=_DEVICE_HELP)
     parser.add_argument("--epochs", type=int, default=None,
                         help="number of epochs; overrides the config's training.epochs")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="wall-clock budget in minutes for the epochs and validations: after the first epoch "
+                        "the epoch count is lowered to what fits and the learning-rate schedule ends there; "
+                        "0 trains all epochs. Overrides the config's training.time_limit_minutes")
     parser.add_argument("--quiet", action="store_true", help="hide progress bars and per-epoch log lines")
     parser.set_defaults(handler=_run_train)
 
@@ -138,7 +142,11 @@ def _add_demo(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("gmrseg_demo"), help="output folder (default: ./gmrseg_demo)")
     parser.add_argument("--device", default="auto", help=_DEVICE_HELP)
     parser.add_argument("--epochs", type=int, default=None,
-                        help="training epochs of 25 steps (default: 20, a little under the quick config's 24)")
+                        help="most training epochs of 25 steps (default: the quick config's 200; the time limit "
+                        "decides)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                        help="wall-clock minutes for training epochs and validations; the epoch count is set to "
+                        "what fits (default: 7, so the whole demo takes about 8 to 9 minutes); 0 trains all epochs")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing non-empty output folder first")
     parser.set_defaults(handler=_run_demo)
 
@@ -193,6 +201,7 @@ def _run_train(args) -> int:
         resume=args.resume,
         device=args.device,
         epochs=args.epochs,
+        time_limit_minutes=args.time_limit,
         quiet=args.quiet,
     )
     return 0
@@ -247,7 +256,8 @@ def _run_demo(args) -> int:
     from gmrseg.demo import run_demo
     from gmrseg.evaluation.evaluate import format_summary
 
-    result = run_demo(args.out, device=args.device, epochs=args.epochs, overwrite=args.overwrite)
+    limit = {} if args.time_limit is None else {"time_limit_minutes": args.time_limit}
+    result = run_demo(args.out, device=args.device, epochs=args.epochs, overwrite=args.overwrite, **limit)
     print(format_summary(result.report))
     print()
     print(f"Dataset:      {result.dataset_dir}")

@@ -326,6 +326,17 @@ def test_ring_settings_kept_for_gmr_only(tmp_path):
     build_network("unet", 1, 3, **dense)
 
 
+def test_time_limit_of_base_config_dropped(tmp_path):
+    from gmrseg.benchmarking.common import base_config_values
+
+    config = tmp_path / "limited.yaml"
+    config.write_text("training:\n  epochs: 50\n  time_limit_minutes: 9\n")
+    values = base_config_values(config, network="unet", epochs=4)
+
+    assert values["training"]["time_limit_minutes"] is None
+    assert values["training"]["epochs"] == 4
+
+
 def test_rescore_needs_finished_run(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--rescore"]) == 2
     assert "results.json not found" in capsys.readouterr().err

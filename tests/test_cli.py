@@ -41,11 +41,11 @@ def test_python_module_entry():
     assert __version__ in result.stdout
 
 
-@pytest.mark.parametrize("epochs, expected", [(None, 20), (1, 1)])
-def test_demo_trains_demo_epochs_unless_given(tmp_path, monkeypatch, epochs, expected):
+@pytest.mark.parametrize("epochs", [None, 1])
+def test_demo_trains_under_time_limit(tmp_path, monkeypatch, epochs):
     import importlib
 
-    from gmrseg.demo import DEMO_EPOCHS, run_demo
+    from gmrseg.demo import DEMO_TIME_LIMIT_MINUTES, run_demo
 
     # importlib: the packages re-export functions under the same names as these modules.
     example_data = importlib.import_module("gmrseg.data.example_data")
@@ -61,7 +61,7 @@ def test_demo_trains_demo_epochs_unless_given(tmp_path, monkeypatch, epochs, exp
 
     result = run_demo(tmp_path / "demo", epochs=epochs)
 
-    assert DEMO_EPOCHS == 20
-    assert calls["train"]["epochs"] == expected
+    assert calls["train"]["epochs"] == epochs
+    assert calls["train"]["time_limit_minutes"] == DEMO_TIME_LIMIT_MINUTES
     assert calls["train"]["config_path"] == "quick"
     assert set(result.seconds) == {"example data", "training", "prediction", "evaluation"}

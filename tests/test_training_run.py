@@ -118,6 +118,27 @@ def test_resume_trains_more_epochs(dataset, tmp_path):
     assert len(metrics) == 3  # header and two epochs
 
 
+def test_time_limit_flag_and_resume(dataset, tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", training={"epochs": 3})
+    main(["train", str(dataset), "-c", str(config), "-o", str(tmp_path / "run"), "--device", "cpu", "--quiet",
+          "--time-limit", "0.000001"])
+    metrics = tmp_path / "run" / "fold_0" / "metrics.csv"
+    assert len(metrics.read_text().splitlines()) == 2  # header and one epoch
+
+    summary = train(dataset, config_path=config, run_dir=tmp_path / "run", device="cpu", quiet=True, resume=True,
+                    time_limit_minutes=0)
+
+    assert summary["folds"][0]["epochs"] == 3
+    assert len(metrics.read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("minutes", [-1.0, float("nan"), True])
+def test_time_limit_invalid_value(dataset, tmp_path, minutes):
+    with pytest.raises(InputError, match="--time-limit"):
+        train(dataset, config_path=write_config(tmp_path / "tiny.yaml"), run_dir=tmp_path / "run", device="cpu",
+              quiet=True, time_limit_minutes=minutes)
+
+
 def test_epochs_override_shortens_warmup(dataset, tmp_path, caplog):
     config = write_config(tmp_path / "tiny.yaml", schedule={"name": "cosine", "warmup_epochs": 1},
                           training={"epochs": 3})

@@ -19,6 +19,7 @@ from gmrseg.training import checkpoint as checkpoint_module
 from gmrseg.training.checkpoint import load_checkpoint
 from gmrseg.training.config import config_from_dict
 from gmrseg.training.rng import seed_everything
+from gmrseg.training.schedule import lr_factor
 from gmrseg.training.trainer import Trainer
 from training_helpers import CLASS_NAMES, TinyNet, build_tiny_datasets, write_tiny_dataset
 
@@ -131,6 +132,90 @@ def test_resume_matches_uninterrupted(tmp_path):
 
 class _StopHere(Exception):
     pass
+
+
+def _fixed_plan(monkeypatch, elapsed=12.0, train_seconds=10.0, validation_seconds=2.0):
+    """Make the time-limit planning see fixed timings instead of this machine's."""
+    original = Trainer._plan_epochs
+
+    def plan(self, *measured):
+        original(self, elapsed, train_seconds, validation_seconds)
+
+    monkeypatch.setattr(Trainer, "_plan_epochs", plan)
+
+
+def test_time_limit_plan_shortens_schedule(tmp_path):
+    config = make_config(epochs=10, time_limit_minutes=1.0)
+    trainer = make_trainer(tmp_path, config)
+    trainer.epoch = 1
+    trainer.optimizer.step()  # no gradients: changes nothing, but orders the scheduler steps
+    for _ in range(3):
+        trainer.scheduler.step()
+
+    # 60 s - 12 s elapsed - 2 s for the last validation leaves 46 s: three more epochs of 12 s.
+    trainer._plan_epochs(12.0, 10.0, 2.0)
+
+    assert trainer.planned_epochs == 4
+    assert trainer.epochs == 4
+    assert trainer.total_steps == 8
+    assert config.training.epochs == 10
+    expected = 0.01 * lr_factor(3, 8, name="cosine", warmup_steps=2)
+    assert expected < 0.01 * lr_factor(3, 20, name="cosine", warmup_steps=2)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(expected)
+
+
+def test_time_limit_keeps_epochs_that_fit(tmp_path):
+    config = make_config(epochs=3, time_limit_minutes=60.0)
+    config.validation.interval = 5
+    summary = make_trainer(tmp_path, config).fit()
+
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert summary["epochs"] == 3
+    assert rows[0]["dice_mean"] != ""  # validated to measure the validation time
+    assert rows[1]["dice_mean"] == ""
+    assert load_checkpoint(tmp_path / "checkpoint_last.pt")["planned_epochs"] == 3
+    assert "all 3 epochs fit" in (tmp_path / "train.log").read_text()
+
+
+def test_time_limit_stops_after_first_epoch(tmp_path):
+    summary = make_trainer(tmp_path, make_config(epochs=5, time_limit_minutes=1e-6)).fit()
+
+    checkpoint = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert summary["epochs"] == 1
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["planned_epochs"] == 1
+    assert "training 1 of 5 epochs" in (tmp_path / "train.log").read_text()
+
+
+def test_time_limit_resume_keeps_plan(tmp_path, monkeypatch):
+    _fixed_plan(monkeypatch)
+    config = make_config(epochs=10, time_limit_minutes=1.0)
+    straight = make_trainer(tmp_path / "straight", config)
+    straight.fit()
+
+    def stop_after_second(trainer):
+        if trainer.epoch == 2:
+            raise _StopHere
+
+    with pytest.raises(_StopHere):
+        make_trainer(tmp_path / "split", make_config(epochs=10, time_limit_minutes=1.0)).fit(
+            after_epoch=stop_after_second)
+    torch.manual_seed(999)
+    resumed = make_trainer(tmp_path / "split", make_config(epochs=10, time_limit_minutes=1.0))
+    resumed.fit(resume=True)
+
+    assert straight.epoch == 4
+    assert resumed.epochs == 4
+    assert resumed.epoch == 4
+    for name, value in straight.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[name]), name
+
+
+def test_time_limit_must_be_positive():
+    with pytest.raises(InputError, match="training.time_limit_minutes"):
+        make_config(time_limit_minutes=0)
 
 
 def test_resume_without_checkpoint_fails(tmp_path):

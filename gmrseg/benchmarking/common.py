@@ -144,7 +144,9 @@ def base_config_values(
     The network keyword arguments of the base config are kept, so models that
     differ only in ``network`` have the same shape; ``gmr_kwargs`` (ring
     settings) is dropped for networks without GMR layers. A shortened ``epochs``
-    also shortens the warm-up so that the config stays valid.
+    also shortens the warm-up so that the config stays valid. A time limit of the
+    base config is dropped, so that compared models train the same epochs however
+    fast each of them runs.
     """
     from gmrseg.networks.factory import valid_arguments
     from gmrseg.training.config import config_to_dict, load_config
@@ -158,6 +160,7 @@ def base_config_values(
     if kernel_sizes is not None:
         kwargs["kernel_sizes"] = [int(size) for size in kernel_sizes]
     values["network"] = {"name": network, "kwargs": kwargs}
+    values["training"]["time_limit_minutes"] = None
     if epochs is not None:
         values["training"]["epochs"] = int(epochs)
         values["schedule"]["warmup_epochs"] = min(values["schedule"]["warmup_epochs"], max(int(epochs) - 1, 0))

@@ -219,6 +219,11 @@ class TrainingConfig:
         deterministic: ask PyTorch for deterministic algorithms (CPU runs are
             reproducible either way; on CUDA this costs speed).
         checkpoint_interval: epochs between writes of checkpoint_last.pt.
+        time_limit_minutes: wall-clock budget in minutes of the epochs and validations
+            (preprocessing not included). After the first epoch, which is then always
+            validated, ``epochs`` is lowered to the number of epochs that fit, estimated
+            from the time of that epoch and its validation, and the learning-rate
+            schedule ends at the new last epoch. ``null`` trains all ``epochs``.
     """
 
     epochs: int = 1000
@@ -227,6 +232,7 @@ class TrainingConfig:
     seed: int = 12345
     deterministic: bool = False
     checkpoint_interval: int = 1
+    time_limit_minutes: float | None = None
 
 
 @dataclass
@@ -413,6 +419,9 @@ def _check_values(config: Config) -> None:
              f"must be >= 1, got {training.iterations_per_epoch}")
     _require(training.checkpoint_interval >= 1, "training.checkpoint_interval",
              f"must be >= 1, got {training.checkpoint_interval}")
+    if training.time_limit_minutes is not None:
+        _require(training.time_limit_minutes > 0, "training.time_limit_minutes",
+                 f"must be > 0 or null, got {training.time_limit_minutes}")
     _require(schedule.warmup_epochs < training.epochs or training.epochs == 1, "schedule.warmup_epochs",
              f"must be smaller than training.epochs ({training.epochs}), got {schedule.warmup_epochs}")
 

@@ -241,6 +241,7 @@ def train(
     resume: bool = False,
     device: str = "auto",
     epochs: int | None = None,
+    time_limit_minutes: float | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Train one fold (or all five) of a dataset folder into a run folder.
@@ -255,6 +256,8 @@ def train(
             without one start from scratch).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         epochs: overrides ``training.epochs``.
+        time_limit_minutes: overrides ``training.time_limit_minutes`` (per fold); 0 removes
+            the limit.
         quiet: no progress bars and no epoch lines on the terminal.
 
     Returns:
@@ -279,6 +282,11 @@ def train(
             logger.warning("--epochs %d is not larger than schedule.warmup_epochs (%d), so the warm-up is "
                            "shortened to %d epoch(s)", epochs, config.schedule.warmup_epochs, epochs - 1)
             config.schedule.warmup_epochs = epochs - 1
+    if time_limit_minutes is not None:
+        is_number = isinstance(time_limit_minutes, (int, float)) and not isinstance(time_limit_minutes, bool)
+        if not is_number or not math.isfinite(time_limit_minutes) or time_limit_minutes < 0:
+            raise InputError(f"--time-limit must be a number of minutes >= 0, got {time_limit_minutes!r}")
+        config.training.time_limit_minutes = float(time_limit_minutes) if time_limit_minutes > 0 else None
     folds = parse_folds(fold)
     if resume and not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} not found; is {run_dir} a run folder?")

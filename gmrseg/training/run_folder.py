@@ -31,8 +31,8 @@ __all__ = ["build_plans", "check_config_matches", "read_plans", "write_run_files
 
 logger = logging.getLogger(__name__)
 
-# Keys that may differ between calls on one run folder (more epochs on resume).
-_FREE_KEYS = {"training.epochs"}
+# Keys that may differ between calls on one run folder (a longer run on resume).
+_FREE_KEYS = {"training.epochs", "training.time_limit_minutes"}
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -49,7 +49,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_config_matches(run_dir: Path, config: Config) -> None:
     """Raise ``InputError`` when ``run_dir/config.yaml`` contains a config other than ``config``.
 
-    Only ``training.epochs`` may differ (to train longer on resume). The
+    Only ``training.epochs`` and ``training.time_limit_minutes`` may differ (to train
+    longer on resume). The
     stored config has ``data.patch_size`` resolved, so ``auto`` matches any
     stored size (the size is then recomputed from the same plans).
     """

@@ -118,16 +118,15 @@ class Trainer:
             torch.backends.cudnn.benchmark = not config.training.deterministic
 
         training = config.training
-        self.total_steps = training.epochs * training.iterations_per_epoch
+        # The epoch count of this run: training.epochs, or fewer once a time limit has been
+        # planned (see _plan_epochs). The config itself is never changed.
+        self.epochs = training.epochs
+        self.planned_epochs: int | None = None
+        self.total_steps = self.epochs * training.iterations_per_epoch
         self.optimizer = build_optimizer(self.network, name=config.optim.name, lr=config.optim.lr,
                                          weight_decay=config.optim.weight_decay, momentum=config.optim.momentum,
                                          betas=config.optim.betas)
-        schedule = config.schedule
-        self.scheduler = build_scheduler(
-            self.optimizer, name=schedule.name, total_steps=self.total_steps,
-            warmup_steps=schedule.warmup_epochs * training.iterations_per_epoch,
-            warmup_start_factor=schedule.warmup_start_factor, power=schedule.power, min_lr=schedule.min_lr,
-        )
+        self.scheduler = self._build_scheduler()
         self.loss_function = build_loss(config.loss.dice_weight, config.loss.ce_weight, config.loss.batch_dice,
                                         config.loss.deep_supervision_weights)
 
@@ -141,6 +140,31 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._write = self.context.is_main and self.fold_dir is not None
 
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        schedule = self.config.schedule
+        return build_scheduler(
+            self.optimizer, name=schedule.name, total_steps=self.total_steps,
+            warmup_steps=schedule.warmup_epochs * self.config.training.iterations_per_epoch,
+            warmup_start_factor=schedule.warmup_start_factor, power=schedule.power, min_lr=schedule.min_lr,
+        )
+
+    def _set_epochs(self, epochs: int) -> None:
+        """Shorten or lengthen the run to ``epochs`` and end the learning-rate schedule there.
+
+        The scheduler keeps its step count, and the current learning rate is recomputed
+        on the new curve.
+        """
+        self.epochs = epochs
+        self.total_steps = epochs * self.config.training.iterations_per_epoch
+        state = self.scheduler.state_dict()
+        self.scheduler = self._build_scheduler()
+        self.scheduler.load_state_dict(state)
+        step = self.scheduler.last_epoch
+        for group, base_lr, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                          self.scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     # Checkpoints ---------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -152,6 +176,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "planned_epochs": self.planned_epochs,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": self.history,
@@ -166,6 +191,10 @@ class Trainer:
         self.network.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        planned = checkpoint.get("planned_epochs")
+        if planned is not None and self.config.training.time_limit_minutes is not None:
+            self.planned_epochs = min(int(planned), self.config.training.epochs)
+            self._set_epochs(self.planned_epochs)
         if checkpoint.get("grad_scaler"):
             self.scaler.load_state_dict(checkpoint["grad_scaler"])
         self.epoch = int(checkpoint["epoch"])
@@ -200,7 +229,7 @@ class Trainer:
                              f"this dataset has {self.class_names}")
         if checkpoint["scheduler"].get("_step_count", 0) > self.total_steps + 1:
             logger.warning("The checkpoint has run more iterations than the new total (%d epochs); the learning "
-                           "rate stays at its final value", self.config.training.epochs)
+                           "rate stays at its final value", self.epochs)
         self.load_state(checkpoint)
         logger.info("Resuming from %s after epoch %d", path, self.epoch)
 
@@ -258,7 +287,7 @@ class Trainer:
         show_bar = not self.quiet and self.context.is_main and sys.stderr.isatty()
         losses = []
         with tqdm(self._loader(), total=self.config.training.iterations_per_epoch, disable=not show_bar,
-                  desc=f"epoch {self.epoch + 1}/{self.config.training.epochs}", unit="it", leave=False,
+                  desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="it", leave=False,
                   dynamic_ncols=True) as bar:
             for batch in bar:
                 losses.append(self.train_step(batch))
@@ -329,7 +358,7 @@ class Trainer:
 
     def _record(self, row: dict[str, Any], epoch_logger: logging.Logger) -> None:
         self.history.append(row)
-        text = f"epoch {row['epoch']}/{self.config.training.epochs}: train loss {row['train_loss']:.4f}"
+        text = f"epoch {row['epoch']}/{self.epochs}: train loss {row['train_loss']:.4f}"
         if row.get("dice_mean") is not None:
             per_class = ", ".join(f"{name} {row[f'dice_{name}']:.4f}" for name in self.foreground_names)
             text += f", val loss {row['val_loss']:.4f}, Dice mean {row['dice_mean']:.4f} ({per_class})"
@@ -339,19 +368,61 @@ class Trainer:
             write_metrics_csv(self.fold_dir / "metrics.csv", self.history, self.foreground_names)
             plot_progress(self.fold_dir / "progress.png", self.history, self.foreground_names)
 
+    def _plan_epochs(self, elapsed: float, train_seconds: float, validation_seconds: float) -> None:
+        """Lower ``self.epochs`` so that the run ends within ``training.time_limit_minutes``.
+
+        Args:
+            elapsed: seconds since this run's loop started, the first epoch and its
+                validation included.
+            train_seconds: seconds of the first epoch's training iterations.
+            validation_seconds: seconds of its validation (0 without validation cases).
+
+        Each further epoch is budgeted at ``train_seconds`` plus its share of a validation
+        every ``validation.interval`` epochs, and one validation is kept for the last
+        epoch. The first epoch includes one-time costs, so the estimate errs long. Under
+        torchrun the processes average their timings, so all of them plan the same count.
+        """
+        totals = all_reduce_sum([elapsed, train_seconds, validation_seconds], self.context)
+        elapsed, train_seconds, validation_seconds = (total / self.context.world_size for total in totals)
+        limit = self.config.training.time_limit_minutes * 60.0
+        per_epoch = train_seconds + validation_seconds / self.config.validation.interval
+        remaining = limit - elapsed - validation_seconds
+        more = int(remaining // per_epoch) if remaining > 0 and per_epoch > 0 else 0
+        self.planned_epochs = min(self.epochs, self.epoch + more)
+
+        if self.planned_epochs < self.epochs:
+            logger.info(
+                "Time limit %.3g min: training %d of %d epochs (first epoch %.1f s, validation %.1f s)",
+                self.config.training.time_limit_minutes, self.planned_epochs, self.epochs, train_seconds,
+                validation_seconds,
+            )
+            self._set_epochs(self.planned_epochs)
+        else:
+            logger.info("Time limit %.3g min: all %d epochs fit (first epoch %.1f s, validation %.1f s)",
+                        self.config.training.time_limit_minutes, self.epochs, train_seconds, validation_seconds)
+
     def _run_epochs(self, epoch_logger: logging.Logger,
                     after_epoch: Callable[["Trainer"], None] | None) -> None:
         training = self.config.training
-        while self.epoch < training.epochs:
+        loop_start = time.perf_counter()
+        while self.epoch < self.epochs:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_epoch()
+            train_seconds = time.perf_counter() - start
             self.epoch += 1
 
             row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
-            is_last = self.epoch == training.epochs
-            if len(self.val_cases) > 0 and (self.epoch % self.config.validation.interval == 0 or is_last):
+            plan = training.time_limit_minutes is not None and self.planned_epochs is None
+            is_last = self.epoch == self.epochs
+            validation_seconds = 0.0
+            if len(self.val_cases) > 0 and (self.epoch % self.config.validation.interval == 0 or is_last or plan):
+                validation_start = time.perf_counter()
                 row.update(self.validate())
+                validation_seconds = time.perf_counter() - validation_start
+            if plan:
+                self._plan_epochs(time.perf_counter() - loop_start, train_seconds, validation_seconds)
+                is_last = self.epoch == self.epochs
             row["seconds"] = time.perf_counter() - start
             self._record(row, epoch_logger)
 
@@ -368,7 +439,7 @@ class Trainer:
                 after_epoch(self)
 
     def fit(self, *, resume: bool = False, after_epoch: Callable[["Trainer"], None] | None = None) -> dict[str, Any]:
-        """Train until ``training.epochs`` epochs are done.
+        """Train until ``training.epochs`` epochs are done, or fewer under ``training.time_limit_minutes``.
 
         Args:
             resume: continue from the fold's ``checkpoint_last.pt``.
@@ -390,12 +461,12 @@ class Trainer:
                           is_main=self.context.is_main) as epoch_logger:
             if resume:
                 self.resume()
-            if self.epoch >= self.config.training.epochs:
+            if self.epoch >= self.epochs:
                 logger.info("Fold already trained for %d epochs; nothing to do (raise --epochs to train longer)",
                             self.epoch)
             else:
                 logger.info("Training %d epochs of %d iterations on %s (%d training, %d validation cases)",
-                            self.config.training.epochs - self.epoch, self.config.training.iterations_per_epoch,
+                            self.epochs - self.epoch, self.config.training.iterations_per_epoch,
                             self.device, self.patches.num_cases, len(self.val_cases))
             try:
                 self._run_epochs(epoch_logger, after_epoch)
