@@ -16,6 +16,7 @@ from torch import nn
 
 from gmrseg.errors import InputError
 from gmrseg.training import checkpoint as checkpoint_module
+from gmrseg.training import trainer as trainer_module
 from gmrseg.training.checkpoint import load_checkpoint
 from gmrseg.training.config import config_from_dict
 from gmrseg.training.rng import seed_everything
@@ -213,9 +214,46 @@ def test_time_limit_resume_keeps_plan(tmp_path, monkeypatch):
         assert torch.equal(value, resumed.network.state_dict()[name]), name
 
 
+def test_time_limit_replans_when_epochs_slow_down(tmp_path, monkeypatch):
+    # Seen by the plan: epoch 1 fits four epochs in a minute; after epoch 2 the epochs
+    # have slowed down, so the rest of the minute fits one more.
+    timings = iter([(12.0, 10.0, 2.0), (40.0, 15.0, 2.0), (50.0, 15.0, 2.0)])
+    original = Trainer._plan_epochs
+    monkeypatch.setattr(Trainer, "_plan_epochs", lambda self, *measured: original(self, *next(timings)))
+
+    trainer = make_trainer(tmp_path, make_config(epochs=10, time_limit_minutes=1.0))
+    summary = trainer.fit()
+
+    log = (tmp_path / "train.log").read_text()
+    assert summary["epochs"] == 3
+    assert trainer.total_steps == 6
+    assert "training 4 of 10 epochs" in log
+    assert "lowered to 3 epochs from 4" in log
+
+
 def test_time_limit_must_be_positive():
     with pytest.raises(InputError, match="training.time_limit_minutes"):
         make_config(time_limit_minutes=0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bfloat16_only_where_native(tmp_path, monkeypatch, caplog, native):
+    monkeypatch.setattr(trainer_module, "cpu_supports_bfloat16", lambda: native)
+    with caplog.at_level("INFO"):
+        trainer = make_trainer(tmp_path, make_config(epochs=1, amp="bfloat16"))
+    summary = trainer.fit()
+
+    assert trainer.amp_dtype == (torch.bfloat16 if native else None)
+    assert ("no native bfloat16" in caplog.text) == (not native)
+    assert summary["epochs"] == 1
+    assert 0.0 <= summary["last"]["dice_mean"] <= 1.0
+
+
+def test_cpu_ignores_float16(tmp_path):
+    trainer = make_trainer(tmp_path, make_config(epochs=1, amp="float16"))
+
+    assert trainer.amp_dtype is None
+    assert not trainer.scaler.is_enabled()
 
 
 def test_resume_without_checkpoint_fails(tmp_path):

@@ -213,8 +213,10 @@ class TrainingConfig:
     Attributes:
         epochs: number of epochs.
         iterations_per_epoch: optimizer steps per epoch.
-        amp: autocast dtype on CUDA (``bfloat16``, ``float16`` with a gradient
-            scaler, or ``none``); the CPU always trains in float32.
+        amp: autocast dtype (``bfloat16``, ``float16`` with a gradient scaler, or
+            ``none``). On the CPU only ``bfloat16`` applies, and only where the CPU
+            computes it natively (AVX512-BF16 or AMX); otherwise the CPU trains in
+            float32.
         seed: seed of weights, patch sampling and augmentation.
         deterministic: ask PyTorch for deterministic algorithms (CPU runs are
             reproducible either way; on CUDA this costs speed).
@@ -223,7 +225,8 @@ class TrainingConfig:
             (preprocessing not included). After the first epoch, which is then always
             validated, ``epochs`` is lowered to the number of epochs that fit, estimated
             from the time of that epoch and its validation, and the learning-rate
-            schedule ends at the new last epoch. ``null`` trains all ``epochs``.
+            schedule ends at the new last epoch. Each later validation lowers it again if
+            the epochs have slowed down. ``null`` trains all ``epochs``.
     """
 
     epochs: int = 1000

@@ -43,6 +43,30 @@ CHECKPOINT_FORMAT = 1
 _AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_supports_bfloat16() -> bool:
+    """Return whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX).
+
+    Elsewhere PyTorch emulates bfloat16 on the CPU, which is slower than float32.
+    """
+    # NOTE: a private oneDNN query of PyTorch; a release without it counts as no support.
+    query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(query()) if query is not None else False
+    except RuntimeError:
+        return False
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype of ``training.amp`` on ``device``, or None for float32."""
+    if device.type == "cuda":
+        return _AMP_DTYPES.get(amp)
+    if device.type == "cpu" and amp == "bfloat16":
+        if cpu_supports_bfloat16():
+            return torch.bfloat16
+        logger.info("training.amp bfloat16: this CPU has no native bfloat16, so training runs in float32")
+    return None
+
+
 def _full_resolution(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """Return the full-resolution logits of a network output (deep supervision returns a list)."""
     if isinstance(output, (list, tuple)):
@@ -108,9 +132,9 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.network, device_ids=device_ids)
 
-        # Numerics: autocast only on CUDA; float16 needs a gradient scaler.
-        amp = config.training.amp
-        self.amp_dtype = _AMP_DTYPES.get(amp) if self.device.type == "cuda" else None
+        # Numerics: autocast on CUDA, and bfloat16 on CPUs that compute it natively;
+        # float16 needs a gradient scaler.
+        self.amp_dtype = _amp_dtype(config.training.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         if config.training.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -371,57 +395,70 @@ class Trainer:
     def _plan_epochs(self, elapsed: float, train_seconds: float, validation_seconds: float) -> None:
         """Lower ``self.epochs`` so that the run ends within ``training.time_limit_minutes``.
 
+        Called after the first epoch and again after each validation, with the timings so
+        far. A later call may lower the count further (when epochs turn out slower than
+        the first) but never raises it, so the schedule moves only once in most runs.
+
         Args:
-            elapsed: seconds since this run's loop started, the first epoch and its
-                validation included.
-            train_seconds: seconds of the first epoch's training iterations.
-            validation_seconds: seconds of its validation (0 without validation cases).
+            elapsed: seconds since this run's loop started.
+            train_seconds: mean seconds of one epoch's training iterations.
+            validation_seconds: mean seconds of one validation (0 without validation cases).
 
         Each further epoch is budgeted at ``train_seconds`` plus its share of a validation
         every ``validation.interval`` epochs, and one validation is kept for the last
-        epoch. The first epoch includes one-time costs, so the estimate errs long. Under
-        torchrun the processes average their timings, so all of them plan the same count.
+        epoch. Under torchrun the processes average their timings, so all of them plan
+        the same count.
         """
         totals = all_reduce_sum([elapsed, train_seconds, validation_seconds], self.context)
         elapsed, train_seconds, validation_seconds = (total / self.context.world_size for total in totals)
-        limit = self.config.training.time_limit_minutes * 60.0
+        minutes = self.config.training.time_limit_minutes
         per_epoch = train_seconds + validation_seconds / self.config.validation.interval
-        remaining = limit - elapsed - validation_seconds
+        remaining = minutes * 60.0 - elapsed - validation_seconds
         more = int(remaining // per_epoch) if remaining > 0 and per_epoch > 0 else 0
-        self.planned_epochs = min(self.epochs, self.epoch + more)
+        planned = min(self.epochs, self.epoch + more)
+        first_plan = self.planned_epochs is None
+        self.planned_epochs = planned
 
-        if self.planned_epochs < self.epochs:
-            logger.info(
-                "Time limit %.3g min: training %d of %d epochs (first epoch %.1f s, validation %.1f s)",
-                self.config.training.time_limit_minutes, self.planned_epochs, self.epochs, train_seconds,
-                validation_seconds,
-            )
-            self._set_epochs(self.planned_epochs)
-        else:
-            logger.info("Time limit %.3g min: all %d epochs fit (first epoch %.1f s, validation %.1f s)",
-                        self.config.training.time_limit_minutes, self.epochs, train_seconds, validation_seconds)
+        timings = f"epoch {train_seconds:.1f} s, validation {validation_seconds:.1f} s"
+        if planned < self.epochs:
+            if first_plan:
+                logger.info("Time limit %.3g min: training %d of %d epochs (%s)", minutes, planned, self.epochs,
+                            timings)
+            else:
+                logger.info("Time limit %.3g min: lowered to %d epochs from %d (%s on average)", minutes, planned,
+                            self.epochs, timings)
+            self._set_epochs(planned)
+        elif first_plan:
+            logger.info("Time limit %.3g min: all %d epochs fit (%s)", minutes, self.epochs, timings)
 
     def _run_epochs(self, epoch_logger: logging.Logger,
                     after_epoch: Callable[["Trainer"], None] | None) -> None:
         training = self.config.training
         loop_start = time.perf_counter()
+        # A plan restored from a checkpoint is kept: the earlier process's time is unknown here.
+        replan = training.time_limit_minutes is not None and self.planned_epochs is None
+        train_times: list[float] = []
+        validation_times: list[float] = []
         while self.epoch < self.epochs:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_epoch()
-            train_seconds = time.perf_counter() - start
+            train_times.append(time.perf_counter() - start)
             self.epoch += 1
 
             row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, "lr": lr}
-            plan = training.time_limit_minutes is not None and self.planned_epochs is None
+            first_plan = replan and self.planned_epochs is None
             is_last = self.epoch == self.epochs
-            validation_seconds = 0.0
-            if len(self.val_cases) > 0 and (self.epoch % self.config.validation.interval == 0 or is_last or plan):
+            validated = len(self.val_cases) > 0 and (
+                self.epoch % self.config.validation.interval == 0 or is_last or first_plan)
+            if validated:
                 validation_start = time.perf_counter()
                 row.update(self.validate())
-                validation_seconds = time.perf_counter() - validation_start
-            if plan:
-                self._plan_epochs(time.perf_counter() - loop_start, train_seconds, validation_seconds)
+                validation_times.append(time.perf_counter() - validation_start)
+            if replan and (first_plan or validated) and not is_last:
+                mean_validation = sum(validation_times) / len(validation_times) if validation_times else 0.0
+                self._plan_epochs(time.perf_counter() - loop_start, sum(train_times) / len(train_times),
+                                  mean_validation)
                 is_last = self.epoch == self.epochs
             row["seconds"] = time.perf_counter() - start
             self._record(row, epoch_logger)
