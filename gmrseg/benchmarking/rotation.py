@@ -80,11 +80,11 @@ _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
 
 _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 
-# CPU defaults: 8 held-out cases in 17 test sets (144 scans per model), 16 epochs of the
-# quick preset per model (its time limit is dropped), and windows overlapping by a quarter
-# (half as many windows as 0.5 on these volumes). NOTE: measured at 9 minutes on a 2-core
-# CPU with AVX-512 but 33 minutes on an older 2-core CPU beside other jobs, over the
-# 30-minute goal. Overlap 0.5 scored GMRUNet 2 to 4 points higher (docs/benchmarks.md).
+# CPU defaults: 8 held-out cases in 17 test sets (144 scans per model) and 16 epochs of
+# the quick preset per model, without its time limit. Windows overlap by a quarter, half
+# as many windows as 0.5 on these volumes. NOTE: measured at 9 minutes on a 2-core CPU
+# with AVX-512, but at 33 minutes, over the 30-minute goal, on an older 2-core CPU beside
+# other jobs. Overlap 0.5 scored GMRUNet 2 to 4 points higher (docs/benchmarks.md).
 _CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 16,
                  "overlap": 0.25}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.

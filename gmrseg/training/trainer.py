@@ -46,7 +46,7 @@ _AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 def cpu_supports_bfloat16() -> bool:
     """Return whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX).
 
-    Elsewhere PyTorch emulates bfloat16 on the CPU, which is slower than float32.
+    Elsewhere bfloat16 is converted in software and usually runs slower than float32.
     """
     # NOTE: a private oneDNN query of PyTorch; a release without it counts as no support.
     query = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
@@ -397,7 +397,7 @@ class Trainer:
 
         Called after the first epoch and again after each validation, with the timings so
         far. A later call may lower the count further (when epochs turn out slower than
-        the first) but never raises it, so the schedule moves only once in most runs.
+        the first) but never raises it.
 
         Args:
             elapsed: seconds since this run's loop started.
