@@ -56,13 +56,18 @@ def run_demo(
         overwrite: delete an existing non-empty ``out_dir`` first.
 
     Raises:
-        InputError: when ``out_dir`` exists, is not empty and ``overwrite`` is False.
+        InputError: when ``out_dir`` exists, is not empty and ``overwrite`` is False, or
+            ``epochs`` or ``time_limit_minutes`` is invalid (checked before anything is written).
     """
     from gmrseg.data.example_data import make_example_dataset
     from gmrseg.evaluation.evaluate import evaluate
     from gmrseg.inference.predictor import predict
-    from gmrseg.training.run import train
+    from gmrseg.training.run import parse_time_limit, train
 
+    # Check the settings before anything is written, so a typo leaves no folder behind.
+    parse_time_limit(time_limit_minutes)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise InputError(f"--epochs must be a positive integer, got {epochs!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:

@@ -41,6 +41,16 @@ def test_python_module_entry():
     assert __version__ in result.stdout
 
 
+@pytest.mark.parametrize("option", [["--time-limit", "-1"], ["--epochs", "0"]])
+def test_demo_invalid_option_writes_nothing(tmp_path, capsys, option):
+    out = tmp_path / "demo"
+
+    assert main(["demo", "--out", str(out), *option]) != 0
+
+    assert not out.exists()
+    assert option[0] in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("epochs", [None, 1])
 def test_demo_trains_under_time_limit(tmp_path, monkeypatch, epochs):
     import importlib

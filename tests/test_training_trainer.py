@@ -214,6 +214,19 @@ def test_time_limit_resume_keeps_plan(tmp_path, monkeypatch):
         assert torch.equal(value, resumed.network.state_dict()[name]), name
 
 
+def test_time_limit_resume_with_new_limit_replans(tmp_path, monkeypatch):
+    _fixed_plan(monkeypatch)
+    make_trainer(tmp_path, make_config(epochs=10, time_limit_minutes=1.0)).fit()
+    assert load_checkpoint(tmp_path / "checkpoint_last.pt")["planned_epochs"] == 4
+
+    # Five minutes from epoch 4: 300 s - 12 s - 2 s leaves room for 23 epochs of 12 s, capped at 10.
+    resumed = make_trainer(tmp_path, make_config(epochs=10, time_limit_minutes=5.0))
+    resumed.fit(resume=True)
+
+    assert resumed.planned_epochs == 10
+    assert resumed.epoch == 10
+
+
 def test_time_limit_replans_when_epochs_slow_down(tmp_path, monkeypatch):
     # The plan sees four epochs fit in the minute after epoch 1. After epoch 2 the epochs
     # have slowed down, so only one more fits.

@@ -38,7 +38,7 @@ from gmrseg.training.rng import seed_everything
 from gmrseg.training.run_folder import build_plans, check_config_matches, read_plans, write_run_files
 from gmrseg.training.splits import NUM_FOLDS, load_or_create_splits
 
-__all__ = ["parse_folds", "resolve_patch_size", "resolve_rotation", "train"]
+__all__ = ["parse_folds", "parse_time_limit", "resolve_patch_size", "resolve_rotation", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,18 @@ def parse_folds(fold: str | int, num_folds: int = NUM_FOLDS) -> list[int]:
         return [int(text)]
     valid = ", ".join(str(index) for index in range(num_folds))
     raise InputError(f"--fold {fold!r} is invalid; use one of {valid} or 'all'")
+
+
+def parse_time_limit(minutes: float) -> float | None:
+    """Return ``--time-limit`` as ``training.time_limit_minutes``: minutes, or None for 0 (no limit).
+
+    Raises:
+        InputError: ``minutes`` is not a finite number >= 0.
+    """
+    is_number = isinstance(minutes, (int, float)) and not isinstance(minutes, bool)
+    if not is_number or not math.isfinite(minutes) or minutes < 0:
+        raise InputError(f"--time-limit must be a finite number of minutes >= 0 (0: no limit), got {minutes!r}")
+    return float(minutes) if minutes > 0 else None
 
 
 def resolve_rotation(setting: str | bool, equivariant: bool) -> bool:
@@ -283,10 +295,7 @@ def train(
                            "shortened to %d epoch(s)", epochs, config.schedule.warmup_epochs, epochs - 1)
             config.schedule.warmup_epochs = epochs - 1
     if time_limit_minutes is not None:
-        is_number = isinstance(time_limit_minutes, (int, float)) and not isinstance(time_limit_minutes, bool)
-        if not is_number or not math.isfinite(time_limit_minutes) or time_limit_minutes < 0:
-            raise InputError(f"--time-limit must be a number of minutes >= 0, got {time_limit_minutes!r}")
-        config.training.time_limit_minutes = float(time_limit_minutes) if time_limit_minutes > 0 else None
+        config.training.time_limit_minutes = parse_time_limit(time_limit_minutes)
     folds = parse_folds(fold)
     if resume and not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} not found; is {run_dir} a run folder?")

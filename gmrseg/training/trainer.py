@@ -201,6 +201,7 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "planned_epochs": self.planned_epochs,
+            "planned_minutes": self.config.training.time_limit_minutes if self.planned_epochs is not None else None,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": self.history,
@@ -215,8 +216,11 @@ class Trainer:
         self.network.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        # A plan made under the same time limit is kept. Another limit gives the rest of the
+        # run a new budget, planned after its first epoch; no limit trains all epochs.
         planned = checkpoint.get("planned_epochs")
-        if planned is not None and self.config.training.time_limit_minutes is not None:
+        minutes = self.config.training.time_limit_minutes
+        if planned is not None and minutes is not None and checkpoint.get("planned_minutes") == minutes:
             self.planned_epochs = min(int(planned), self.config.training.epochs)
             self._set_epochs(self.planned_epochs)
         if checkpoint.get("grad_scaler"):
@@ -499,12 +503,17 @@ class Trainer:
             if resume:
                 self.resume()
             if self.epoch >= self.epochs:
-                logger.info("Fold already trained for %d epochs; nothing to do (raise --epochs to train longer)",
-                            self.epoch)
+                if self.planned_epochs is not None:
+                    hint = ("the count the time limit planned; pass --time-limit 0 with a larger --epochs, or a "
+                            "new --time-limit, to train longer")
+                else:
+                    hint = "raise --epochs to train longer"
+                logger.info("Fold already trained for %d epoch(s); nothing to do (%s)", self.epoch, hint)
             else:
-                logger.info("Training %d epochs of %d iterations on %s (%d training, %d validation cases)",
-                            self.epochs - self.epoch, self.config.training.iterations_per_epoch,
-                            self.device, self.patches.num_cases, len(self.val_cases))
+                logger.info("Training %d epochs of %d iterations on %s in %s (%d training, %d validation cases)",
+                            self.epochs - self.epoch, self.config.training.iterations_per_epoch, self.device,
+                            str(self.amp_dtype or torch.float32).replace("torch.", ""), self.patches.num_cases,
+                            len(self.val_cases))
             try:
                 self._run_epochs(epoch_logger, after_epoch)
             except KeyboardInterrupt:
