@@ -92,7 +92,7 @@ def time_strategies(channels: int, size: int, kernel_size: int, repeats: int) ->
 def nonnegative_least_squares(matrix: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Return the least-squares solution of ``matrix @ x = target`` with every ``x >= 0``.
 
-    With three unknowns, trying every subset of free columns is exact and cheap; the
+    With three unknowns, trying every subset of free columns is exact and cheap. The
     columns left out get 0.
     """
     columns = matrix.shape[1]

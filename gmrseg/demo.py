@@ -50,7 +50,8 @@ def run_demo(
     Args:
         out_dir: folder for the dataset, the run, the predictions and the report.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        epochs: most training epochs; None uses the quick preset's. A few give a smoke test.
+        epochs: maximum number of training epochs; None uses the quick preset's. A few give
+            a smoke test.
         time_limit_minutes: wall-clock minutes for the epochs and validations (see
             ``training.time_limit_minutes``); 0 trains all epochs.
         overwrite: delete an existing non-empty ``out_dir`` first.

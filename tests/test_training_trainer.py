@@ -228,8 +228,8 @@ def test_time_limit_resume_with_new_limit_replans(tmp_path, monkeypatch):
 
 
 def test_time_limit_replans_when_epochs_slow_down(tmp_path, monkeypatch):
-    # The plan sees four epochs fit in the minute after epoch 1. After epoch 2 the epochs
-    # have slowed down, so only one more fits.
+    # With these timings four epochs fit in the minute after epoch 1. After epoch 2 the
+    # epochs have slowed down, so only one more fits.
     timings = iter([(12.0, 10.0, 2.0), (40.0, 15.0, 2.0), (50.0, 15.0, 2.0)])
     original = Trainer._plan_epochs
     monkeypatch.setattr(Trainer, "_plan_epochs", lambda self, *measured: original(self, *next(timings)))

@@ -3,8 +3,9 @@
 The model estimates the time of each strategy in seconds as a sum of terms
 ``multiply-adds (or FFT flops) / throughput`` plus a fixed overhead per call, with
 throughputs per device and per mode (forward, or forward+backward). Only their ratios
-matter for the choice. CPU convolutions run several times faster where PyTorch
-dispatches AVX-512 kernels, while FFTs gain less, so CPUs have two profiles chosen by
+matter for the choice. On a CPU where PyTorch dispatches AVX-512 kernels, dense
+convolutions measured 3 to 5 times faster than on an earlier 2-core CPU, while FFTs
+gained less. So CPUs have two profiles, chosen by
 ``torch.backends.cpu.get_cpu_capability()``. The ring-decomposed strategy is never
 chosen automatically: its depthwise convolution was slower than both other strategies
 in every measured case.
@@ -54,8 +55,8 @@ _PROFILES = {
 }
 
 # NOTE: the model weighs time only. A spectral forward+backward pass peaked at 0.7x to 1.2x
-# the live memory of nn.Conv3d's (C = 16 to 64, 48^3 and 64^3, k = 3 to 9, CPU) but has not
-# been measured on CUDA; pass strategy="dense" where memory is tighter than time.
+# the live memory of nn.Conv3d's (C = 16 to 64, 48^3 and 64^3, k = 3 to 9, CPU). It has not
+# been measured on CUDA, so pass strategy="dense" where memory is tighter than time.
 # "auto" takes the spectral path only when the model predicts it at most this fraction
 # of the dense time, so that a wrong estimate near the break-even point costs little.
 _MARGIN = 0.8

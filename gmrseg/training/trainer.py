@@ -217,7 +217,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         # A plan made under the same time limit is kept. Another limit gives the rest of the
-        # run a new budget, planned after its first epoch; no limit trains all epochs.
+        # run a new budget, planned after its first epoch, and no limit trains all epochs.
         planned = checkpoint.get("planned_epochs")
         minutes = self.config.training.time_limit_minutes
         if planned is not None and minutes is not None and checkpoint.get("planned_minutes") == minutes:
@@ -400,8 +400,8 @@ class Trainer:
         """Lower ``self.epochs`` so that the run ends within ``training.time_limit_minutes``.
 
         Called after the first epoch and again after each validation, with the timings so
-        far. A later call may lower the count further (when epochs turn out slower than
-        the first) but never raises it.
+        far. A later call may lower the count further when epochs turn out slower than
+        the first. The new count is capped at the current one, so it only goes down.
 
         Args:
             elapsed: seconds since this run's loop started.
@@ -439,7 +439,8 @@ class Trainer:
                     after_epoch: Callable[["Trainer"], None] | None) -> None:
         training = self.config.training
         loop_start = time.perf_counter()
-        # A plan restored from a checkpoint is kept: the earlier process's time is unknown here.
+        # A plan restored from a checkpoint is kept, because this process cannot know how much
+        # time the earlier one spent.
         replan = training.time_limit_minutes is not None and self.planned_epochs is None
         train_times: list[float] = []
         validation_times: list[float] = []
