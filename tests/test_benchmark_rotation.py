@@ -11,6 +11,7 @@ import pytest
 
 from gmrseg.benchmarking.rotated_sets import build_rotation_settings, write_rotated_test_sets
 from gmrseg.benchmarking.rotation import main
+from gmrseg.benchmarking.rotation_repeats import average_results
 from gmrseg.benchmarking.rotation_report import check_goal, format_csv, format_markdown, plot_dice_against_angle
 from gmrseg.data.dataset import Case
 from gmrseg.errors import InputError
@@ -224,6 +225,47 @@ def test_markdown_and_csv_tables():
     assert "gmrunet,n,0,1000,random,,,4,mean,0.7000" in rows
 
 
+def test_average_of_two_runs():
+    first, second = _results(gmr_random=0.78), _results(gmr_random=0.74)
+    first["settings"]["seed"], second["settings"]["seed"] = 0, 1
+    second["dice"]["gmrunet"]["upright"] = {"per_class": {"a": 0.84, "b": 0.80}, "mean": 0.82}
+    averaged = average_results([first, second], ["seed_0", "seed_1"])
+
+    upright = averaged["dice"]["gmrunet"]["upright"]
+    assert upright["mean"] == pytest.approx(0.81)
+    assert upright["per_class"] == pytest.approx({"a": 0.82, "b": 0.80})
+    assert averaged["dice"]["gmrunet"]["random"]["mean"] == pytest.approx(0.76)
+    assert [entry["cases"] for entry in averaged["sets"]] == [4, 4, 8]
+    assert averaged["num_test_cases"] == 4
+
+    repeats = averaged["repeats"]
+    assert repeats["seeds"] == [0, 1]
+    assert [row["drop"] for row in repeats["per_seed"]["gmrunet"]] == pytest.approx([0.02, 0.08])
+    mean, spread = repeats["summary"]["gmrunet"]["drop"]
+    assert mean == pytest.approx(0.05)
+    assert spread == pytest.approx(0.06 / 2 ** 0.5)
+    # The inputs are left as they were.
+    assert first["dice"]["gmrunet"]["upright"]["mean"] == 0.80
+
+    goal = check_goal(averaged)
+    assert goal["met"] is False
+    assert "mean of 2 runs" in goal["checks"][0]["detail"]
+    text = format_markdown({**averaged, "goal": goal})
+    assert "## Repeats" in text
+    assert "mean over 2 runs with seeds 0, 1" in text
+    assert "| GMRUNet | 0.810 ± 0.014 | 0.760 ± 0.028 | 5.0 ± 4.2 | +2.0 | +8.0 |" in text
+
+
+def test_average_refuses_other_designs():
+    first, second = _results(gmr_random=0.78), _results(gmr_random=0.74)
+    first["settings"]["seed"], second["settings"]["seed"] = 0, 1
+    second["models"] = second["models"][:1]
+    with pytest.raises(ValueError, match="different models"):
+        average_results([first, second], ["a", "b"])
+    with pytest.raises(ValueError, match="no benchmark runs"):
+        average_results([], [])
+
+
 def test_plot_writes_png(tmp_path):
     path = tmp_path / "plot.png"
     plot_dice_against_angle(_results(gmr_random=0.7), path)
@@ -252,6 +294,8 @@ def test_rejects_bad_options(tmp_path, capsys):
     assert "same length" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "b"), "--kernel-sizes", "4", "3", "--features", "4", "8"]) == 2
     assert "odd" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "c"), "--repeats", "0"]) == 2
+    assert "--repeats must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
 
@@ -293,6 +337,33 @@ def test_one_model_end_to_end(tmp_path):
     rescored = json.loads((out / "results.json").read_text())
     assert rescored["dice"] == results["dice"]
     assert "| upright | 1 |" in (out / "results.md").read_text()
+
+
+def test_repeats_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["--out", str(out), "--models", "gmrunet", *TINY, "--repeats", "2", "--seed", "3"]) == 0
+
+    for seed in (3, 4):
+        single = json.loads((out / f"seed_{seed}" / "results.json").read_text())
+        assert single["settings"]["seed"] == seed
+        assert (out / f"seed_{seed}" / "runs" / "gmrunet" / "fold_0" / "checkpoint_last.pt").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["repeats"]["seeds"] == [3, 4]
+    assert results["settings"]["out"] == str(out)
+    assert [entry["cases"] for entry in results["sets"]] == [2, 2, 2, 2, 2]
+    assert "## Repeats" in (out / "results.md").read_text()
+    assert (out / "dice_vs_angle.png").read_bytes()[:4] == b"\x89PNG"
+
+    # --rescore rescores each run and averages again.
+    (out / "results.md").unlink()
+    assert main(["--out", str(out), "--rescore"]) == 0
+    assert json.loads((out / "results.json").read_text())["dice"] == results["dice"]
+    assert "## Repeats" in (out / "results.md").read_text()
+
+    # --overwrite replaces the run folders too.
+    assert main(["--out", str(out), "--models", "gmrunet", *TINY, "--overwrite"]) == 0
+    assert not (out / "seed_3").exists()
+    assert "repeats" not in json.loads((out / "results.json").read_text())
 
 
 def test_presets_and_explicit_options(tmp_path):

@@ -15,6 +15,11 @@ in one output folder:
 4. ``predictions/`` and ``evaluation/``: every model on every test set.
 5. ``results.md``, ``results.csv``, ``results.json`` and ``dice_vs_angle.png``.
 
+With ``--repeats N`` the benchmark runs N times with seeds ``seed`` ..
+``seed + N - 1``, each run in its own ``seed_S/`` subfolder with the layout
+above. The output folder then holds the mean over the runs in the same four
+result files, with a per-seed table (:mod:`gmrseg.benchmarking.rotation_repeats`).
+
 The default settings are sized for a 2-core CPU (33 minutes measured with other jobs beside it);
 ``--full`` switches to the default config and every held-out case for a GPU.
 """
@@ -26,11 +31,12 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from gmrseg.benchmarking.common import (
+    MARKER,
     base_config_values,
     hardware_summary,
     predict_and_evaluate,
@@ -116,7 +122,8 @@ class RotationBenchmarkSettings:
         tta: test-time augmentation for every model (``none``, ``flip``,
             ``full``) or ``default`` for the predictor's per-network choice.
         overlap: sliding-window overlap in [0, 1).
-        seed: seed of the data split, the random rotations and training.
+        seed: seed of the data split, the random rotations and training (of the first run).
+        repeats: number of runs, with seeds ``seed`` .. ``seed + repeats - 1``, averaged.
         overwrite: replace a previous benchmark in ``out``.
         full: the ``--full`` preset was requested.
         command: command line, recorded with the results.
@@ -141,6 +148,7 @@ class RotationBenchmarkSettings:
     tta: str = "none"
     overlap: float = 0.25
     seed: int = 0
+    repeats: int = 1
     overwrite: bool = False
     full: bool = False
     command: str = ""
@@ -205,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sliding-window overlap in [0, 1) (default: 0.25; --full: 0.5)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the case split, the random rotations and training (default: 0)")
+    parser.add_argument("--repeats", type=int, default=1, metavar="N",
+                        help="run the benchmark N times with seeds SEED .. SEED+N-1, each in OUT/seed_S, and write "
+                        "the mean and spread over the runs into OUT; N times the run time (default: 1)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier benchmark in --out")
     parser.add_argument("--rescore", action="store_true",
@@ -240,6 +251,7 @@ def settings_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Rotatio
         tta=args.tta,
         overlap=pick(args.overlap, "overlap"),
         seed=args.seed,
+        repeats=args.repeats,
         overwrite=args.overwrite,
         full=args.full,
         command=" ".join(["gmrseg", "benchmark", "rotation", *argv]),
@@ -256,6 +268,7 @@ def _check_settings(settings: RotationBenchmarkSettings) -> None:
     positive("--test-cases", settings.test_cases)
     positive("--epochs", settings.epochs)
     positive("--iterations-per-epoch", settings.iterations_per_epoch)
+    positive("--repeats", settings.repeats)
     if settings.random_per_case < 0:
         raise InputError(f"--random-rotations must be 0 or more, got {settings.random_per_case}")
     if not 0.0 <= settings.overlap < 1.0:
@@ -340,7 +353,53 @@ def run_rotation_benchmark(settings: RotationBenchmarkSettings) -> dict[str, Any
         FileExistsError: ``out`` is not empty and ``overwrite`` is False.
     """
     with torch_threads(settings.threads):
+        if settings.repeats > 1:
+            return _run_repeats(settings)
         return _run(settings)
+
+
+def _earlier_repeats(out: Path) -> list[str]:
+    """Return the run subfolders of an earlier ``--repeats`` benchmark in ``out``, read from its marker file."""
+    from gmrseg.benchmarking.rotation_repeats import repeat_folder
+
+    marker = Path(out) / MARKER
+    if not marker.is_file():
+        return []
+    try:
+        settings = json.loads(marker.read_text(encoding="utf-8")).get("settings", {})
+        seed, repeats = int(settings.get("seed", 0)), int(settings.get("repeats", 1))
+    except (ValueError, TypeError, AttributeError):
+        return []
+    return [repeat_folder(seed + index) for index in range(repeats)] if repeats > 1 else []
+
+
+def _run_repeats(settings: RotationBenchmarkSettings) -> dict[str, Any]:
+    """Run the benchmark once per seed, each in its own subfolder, then write the averages into ``out``."""
+    from gmrseg.benchmarking.rotation_repeats import average_results, repeat_folder
+    from gmrseg.benchmarking.rotation_report import check_goal
+
+    _check_settings(settings)
+    out = Path(settings.out)
+    seeds = [settings.seed + index for index in range(settings.repeats)]
+    folders = [repeat_folder(seed) for seed in seeds]
+    stored_settings = {key: (str(value) if isinstance(value, Path) else value)
+                       for key, value in asdict(settings).items()}
+    prepare_benchmark_dir(out, overwrite=settings.overwrite, outputs=(*_OUTPUTS, *folders, *_earlier_repeats(out)),
+                          marker={"benchmark": "rotation", "settings": stored_settings})
+
+    runs = []
+    for seed, folder in zip(seeds, folders):
+        logger.info("Rotation benchmark run %d of %d (seed %d) into %s", len(runs) + 1, len(seeds), seed, out / folder)
+        runs.append(_run(replace(settings, out=out / folder, seed=seed, repeats=1, overwrite=False)))
+
+    results = average_results(runs, folders)
+    results["command"] = settings.command
+    results["settings"].update(out=str(out), repeats=settings.repeats)
+    results["goal"] = check_goal(results)
+    _write_outputs(results, out)
+    logger.info("Rotation benchmark: %d runs finished in %.0f s; mean results in %s", len(runs),
+                results["total_seconds"], out)
+    return results
 
 
 def _run(settings: RotationBenchmarkSettings) -> dict[str, Any]:
@@ -355,7 +414,8 @@ def _run(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     hardware = hardware_summary(settings.device)
     stored_settings = {key: (str(value) if isinstance(value, Path) else value)
                        for key, value in asdict(settings).items()}
-    prepare_benchmark_dir(settings.out, overwrite=settings.overwrite, outputs=_OUTPUTS,
+    prepare_benchmark_dir(settings.out, overwrite=settings.overwrite,
+                          outputs=(*_OUTPUTS, *_earlier_repeats(settings.out)),
                           marker={"benchmark": "rotation", "settings": stored_settings})
     started = time.perf_counter()
 
@@ -435,6 +495,8 @@ def rescore_rotation_benchmark(out: str | Path) -> dict[str, Any]:
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path} not found; --rescore needs the folder of a finished benchmark run")
     results = json.loads(results_path.read_text(encoding="utf-8"))
+    if "repeats" in results:
+        return _rescore_repeats(out, results)
     data_dir = out / "data"
     region_json = _region_json(out, load_dataset(data_dir).labels)
 
@@ -449,6 +511,22 @@ def rescore_rotation_benchmark(out: str | Path) -> dict[str, Any]:
     _write_outputs(results, out)
     logger.info("Rescored %s", out)
     return results
+
+
+def _rescore_repeats(out: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Rescore every run of a ``--repeats`` benchmark, then average them again."""
+    from gmrseg.benchmarking.rotation_repeats import average_results
+    from gmrseg.benchmarking.rotation_report import check_goal
+
+    folders = results["repeats"]["folders"]
+    runs = [rescore_rotation_benchmark(out / folder) for folder in folders]
+    averaged = average_results(runs, folders)
+    averaged["command"] = results["command"]
+    averaged["settings"].update(out=str(out), repeats=len(runs))
+    averaged["goal"] = check_goal(averaged)
+    _write_outputs(averaged, out)
+    logger.info("Rescored %d runs in %s", len(runs), out)
+    return averaged
 
 
 def _resolved_patch_size(models: list[dict[str, Any]]) -> list[int]:

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gmrseg.benchmarking.rotation_repeats import format_repeats_markdown
 from gmrseg.utils.files import atomic_write_path
 
 __all__ = ["GOAL_MAX_DROP", "GOAL_MAX_PARAMETER_RATIO", "check_goal", "format_markdown", "format_csv",
@@ -81,10 +82,15 @@ def check_goal(results: dict[str, Any]) -> dict[str, Any]:
     upright = _dice(results, _GMR_KEY, "upright")
     rotated = _dice(results, _GMR_KEY, "random")
     drop = upright - rotated
+    detail = f"upright {upright:.3f}, random {rotated:.3f}, drop {drop * 100:+.1f} points"
+    repeats = results.get("repeats") or {}
+    spread = repeats.get("summary", {}).get(_GMR_KEY, {}).get("drop")
+    if spread is not None and len(repeats["seeds"]) > 1:
+        detail += f" (mean of {len(repeats['seeds'])} runs, standard deviation {spread[1] * 100:.1f} points)"
     checks.append({
         "name": f"GMRUNet random-rotation Dice within {GOAL_MAX_DROP * 100:g} points of upright",
         "passed": drop <= GOAL_MAX_DROP,
-        "detail": f"upright {upright:.3f}, random {rotated:.3f}, drop {drop * 100:+.1f} points",
+        "detail": detail,
     })
     for key in baselines:
         other = _dice(results, key, "random")
@@ -115,6 +121,11 @@ def format_markdown(results: dict[str, Any]) -> str:
         f"{'x'.join(str(size) for size in settings['patch_size'])}, same optimizer and seed; "
         f"test-time augmentation {settings['tta']}."
     )
+    repeats = results.get("repeats")
+    if repeats:
+        lines += ["", f"Every figure is the mean over {len(repeats['seeds'])} runs with seeds "
+                  f"{', '.join(str(seed) for seed in repeats['seeds'])}; case counts are summed over the runs, whose "
+                  f"folders are {', '.join(repeats['folders'])}."]
     lines += ["", "## Models", "",
               "| model | network | parameters | rotation augmentation | training (s) | inference (s per case) |",
               "|---|---|---:|---|---:|---:|"]
@@ -152,6 +163,10 @@ def format_markdown(results: dict[str, Any]) -> str:
         for entry in results["sets"]:
             cells = [_number(_region_dice(results, model["key"], entry["name"], region)) for model in models]
             lines.append(f"| {_set_label(entry)} | " + " | ".join(cells) + " |")
+
+    repeats_table = format_repeats_markdown(results)
+    if repeats_table:
+        lines += ["", repeats_table.rstrip("\n")]
 
     goal = results.get("goal") or check_goal(results)
     if goal["checks"]:
