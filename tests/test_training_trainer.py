@@ -166,6 +166,36 @@ def test_time_limit_plan_shortens_schedule(tmp_path):
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(expected)
 
 
+def test_time_limit_replan_raises_only_early(tmp_path):
+    config = make_config(epochs=10, time_limit_minutes=1.0)
+    trainer = make_trainer(tmp_path, config)
+    trainer.epoch = 1
+    trainer._plan_epochs(12.0, 10.0, 2.0)
+    assert trainer.epochs == 4
+
+    # One more epoch would fit: too small a change to raise the plan.
+    trainer._plan_epochs(12.0, 10.0, 1.0)
+    assert trainer.epochs == 4
+
+    # Faster epochs in the first half: 60 - 12 - 1 s leaves 47 s for seven more epochs of
+    # 5 s with a 1-s validation each.
+    trainer._plan_epochs(12.0, 5.0, 1.0)
+    assert trainer.epochs == 8
+
+    # Faster still: fifteen more would fit, capped at training.epochs.
+    trainer._plan_epochs(12.0, 2.0, 1.0)
+    assert trainer.epochs == 10
+    assert trainer.total_steps == 20
+
+    # In the second half of the plan, faster epochs change nothing, slower ones still lower it.
+    trainer.epoch = 6
+    trainer._plan_epochs(30.0, 1.0, 0.5)
+    assert trainer.epochs == 10
+    trainer._plan_epochs(50.0, 5.0, 1.0)
+    assert trainer.epochs == 7
+    assert config.training.epochs == 10
+
+
 def test_time_limit_keeps_epochs_that_fit(tmp_path):
     config = make_config(epochs=3, time_limit_minutes=60.0)
     config.validation.interval = 5
@@ -324,8 +354,9 @@ def test_nonfinite_loss_raises(tmp_path):
     trainer = make_trainer(tmp_path)
     with torch.no_grad():
         trainer.network.encode.weight.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="optim.lr"):
+    with pytest.raises(FloatingPointError, match="optim.lr") as error:
         trainer.fit()
+    assert "in float32" in str(error.value)
 
 
 def test_without_validation_cases(tmp_path):

@@ -277,9 +277,12 @@ class Trainer:
             output = self.model(image)
             loss = self.loss_function(output, label)
         if not torch.isfinite(loss):
+            precision = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(self.amp_dtype, "float32")
+            advice = {"float16": "set training.amp to bfloat16 or none",
+                      "bfloat16": "set training.amp to none (float32)"}.get(precision, "check the input intensities")
             raise FloatingPointError(
-                f"training loss is {loss.item()} at epoch {self.epoch + 1}; lower optim.lr, keep "
-                "optim.grad_clip > 0, or set training.amp to bfloat16 or none"
+                f"training loss is {loss.item()} at epoch {self.epoch + 1} in {precision}. Lower optim.lr, keep "
+                f"optim.grad_clip > 0, or {advice}"
             )
 
         clip = self.config.optim.grad_clip
@@ -397,11 +400,14 @@ class Trainer:
             plot_progress(self.fold_dir / "progress.png", self.history, self.foreground_names)
 
     def _plan_epochs(self, elapsed: float, train_seconds: float, validation_seconds: float) -> None:
-        """Lower ``self.epochs`` so that the run ends within ``training.time_limit_minutes``.
+        """Set ``self.epochs`` so that the run ends within ``training.time_limit_minutes``.
 
         Called after the first epoch and again after each validation, with the timings so
-        far. A later call may lower the count further when epochs turn out slower than
-        the first. The new count is capped at the current one, so it only goes down.
+        far. A later call lowers the count when epochs turn out slower than the first.
+        In the first half of the planned epochs it may also raise the count again, up to
+        ``training.epochs``, when they turn out faster than the first one, by at least 2
+        epochs and 5%. Later the count only goes down, so the learning rate never jumps
+        up near the end of the schedule.
 
         Args:
             elapsed: seconds since this run's loop started.
@@ -419,18 +425,23 @@ class Trainer:
         per_epoch = train_seconds + validation_seconds / self.config.validation.interval
         remaining = minutes * 60.0 - elapsed - validation_seconds
         more = int(remaining // per_epoch) if remaining > 0 and per_epoch > 0 else 0
-        planned = min(self.epochs, self.epoch + more)
+        cap = self.config.training.epochs if 2 * self.epoch < self.epochs else self.epochs
+        planned = min(cap, self.epoch + more)
+        if self.epochs < planned < self.epochs + max(2, math.ceil(0.05 * self.epochs)):
+            # Timings move by a few percent between validations, so a small raise
+            # would only be taken back at the next one.
+            planned = self.epochs
         first_plan = self.planned_epochs is None
         self.planned_epochs = planned
 
         timings = f"epoch {train_seconds:.1f} s, validation {validation_seconds:.1f} s"
-        if planned < self.epochs:
+        if planned != self.epochs:
             if first_plan:
                 logger.info("Time limit %.3g min: training %d of %d epochs (%s)", minutes, planned, self.epochs,
                             timings)
             else:
-                logger.info("Time limit %.3g min: lowered to %d epochs from %d (%s on average)", minutes, planned,
-                            self.epochs, timings)
+                logger.info("Time limit %.3g min: %s to %d epochs from %d (%s on average)", minutes,
+                            "lowered" if planned < self.epochs else "raised", planned, self.epochs, timings)
             self._set_epochs(planned)
         elif first_plan:
             logger.info("Time limit %.3g min: all %d epochs fit (%s)", minutes, self.epochs, timings)
