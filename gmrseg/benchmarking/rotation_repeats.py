@@ -101,7 +101,9 @@ def average_results(runs: list[dict[str, Any]], folders: Sequence[str]) -> dict[
             averaged["dice"][key][name] = _average_scores([run["dice"][key][name] for run in runs])
     for index, entry in enumerate(averaged["sets"]):
         entry["cases"] = sum(run["sets"][index]["cases"] for run in runs)
-    averaged["num_training_cases"] = _mean([run["num_training_cases"] for run in runs])
+    training_cases = {run["num_training_cases"] for run in runs}
+    averaged["num_training_cases"] = training_cases.pop() if len(training_cases) == 1 else _mean(
+        [run["num_training_cases"] for run in runs])
     averaged["num_test_cases"] = sum(run["num_test_cases"] for run in runs)
 
     # Times: the mean per model, and the sum for the whole benchmark.
@@ -131,10 +133,12 @@ def average_results(runs: list[dict[str, Any]], folders: Sequence[str]) -> dict[
 
 
 def _figure(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
-    mean, spread = values
+    # Adding 0.0 turns a rounded -0.0 into 0.0.
+    mean = round(values[0] * scale, digits) + 0.0
+    spread = values[1] * scale
     if math.isnan(spread):
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {spread * scale:.{digits}f}"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def format_repeats_markdown(results: dict[str, Any]) -> str:

@@ -82,7 +82,7 @@ def check_goal(results: dict[str, Any]) -> dict[str, Any]:
     upright = _dice(results, _GMR_KEY, "upright")
     rotated = _dice(results, _GMR_KEY, "random")
     drop = upright - rotated
-    detail = f"upright {upright:.3f}, random {rotated:.3f}, drop {drop * 100:+.1f} points"
+    detail = f"upright {upright:.3f}, random {rotated:.3f}, drop {round(drop * 100, 1) + 0.0:+.1f} points"
     repeats = results.get("repeats") or {}
     spread = repeats.get("summary", {}).get(_GMR_KEY, {}).get("drop")
     if spread is not None and len(repeats["seeds"]) > 1:
@@ -116,7 +116,8 @@ def format_markdown(results: dict[str, Any]) -> str:
     settings = results["settings"]
     lines.append(
         f"Dataset {settings['dataset']}: {results['num_training_cases']} upright training cases, "
-        f"{results['num_test_cases']} held-out cases per test set ({settings['random_per_case']} random "
+        f"{results['num_test_cases']} held-out cases per test set"
+        f"{' over the runs' if results.get('repeats') else ''} ({settings['random_per_case']} random "
         f"rotations each in the random set). Each model: {settings['epochs_label']}, patch "
         f"{'x'.join(str(size) for size in settings['patch_size'])}, same optimizer and seed; "
         f"test-time augmentation {settings['tta']}."
