@@ -253,6 +253,8 @@ def test_average_of_two_runs():
     text = format_markdown({**averaged, "goal": goal})
     assert "## Repeats" in text
     assert "mean over 2 runs with seeds 0, 1" in text
+    assert "5 upright training cases per run, 4 held-out cases per test set summed over the runs" in text
+    assert "single runs from +2.0 to +8.0" in goal["checks"][0]["detail"]
     assert "| GMRUNet | 0.810 ± 0.014 | 0.760 ± 0.028 | 5.0 ± 4.2 | +2.0 | +8.0 |" in text
 
 

@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the case split, the random rotations and training (default: 0)")
     parser.add_argument("--repeats", type=int, default=1, metavar="N",
                         help="run the benchmark N times with seeds SEED .. SEED+N-1, each in OUT/seed_S, and write "
-                        "the mean and spread over the runs into OUT; N times the run time (default: 1)")
+                        "the mean and spread over the runs into OUT; N times the run time (default: 1, a single "
+                        "run written into OUT itself)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier benchmark in --out")
     parser.add_argument("--rescore", action="store_true",

@@ -106,11 +106,15 @@ def average_results(runs: list[dict[str, Any]], folders: Sequence[str]) -> dict[
         [run["num_training_cases"] for run in runs])
     averaged["num_test_cases"] = sum(run["num_test_cases"] for run in runs)
 
-    # Times: the mean per model, and the sum for the whole benchmark.
+    # Times: the mean per model, and the sum for the whole benchmark. Fields that belong
+    # to one run (its folder, config and validation score) become lists in seed order.
     for index, model in enumerate(averaged["models"]):
         for field in ("training_seconds", "inference_seconds", "inference_seconds_per_case"):
             if field in model:
                 model[field] = _mean([run["models"][index][field] for run in runs])
+        for field in ("run_dir", "config", "best_validation_dice", "best_epoch"):
+            if field in model:
+                model[field] = [run["models"][index][field] for run in runs]
     averaged["total_seconds"] = sum(run.get("total_seconds", 0.0) for run in runs)
 
     # Per-seed upright and random Dice, and the spread of each over the seeds.

@@ -86,7 +86,9 @@ def check_goal(results: dict[str, Any]) -> dict[str, Any]:
     repeats = results.get("repeats") or {}
     spread = repeats.get("summary", {}).get(_GMR_KEY, {}).get("drop")
     if spread is not None and len(repeats["seeds"]) > 1:
-        detail += f" (mean of {len(repeats['seeds'])} runs, standard deviation {spread[1] * 100:.1f} points)"
+        drops = [row["drop"] * 100 for row in repeats["per_seed"][_GMR_KEY]]
+        detail += (f" (mean of {len(repeats['seeds'])} runs, standard deviation {spread[1] * 100:.1f} points, "
+                   f"single runs from {min(drops):+.1f} to {max(drops):+.1f})")
     checks.append({
         "name": f"GMRUNet random-rotation Dice within {GOAL_MAX_DROP * 100:g} points of upright",
         "passed": drop <= GOAL_MAX_DROP,
@@ -114,12 +116,15 @@ def format_markdown(results: dict[str, Any]) -> str:
     models = results["models"]
     lines = ["# Rotation robustness", ""]
     settings = results["settings"]
+    averaged = bool(results.get("repeats"))
+    rotations = settings["random_per_case"]
     lines.append(
-        f"Dataset {settings['dataset']}: {results['num_training_cases']} upright training cases, "
-        f"{results['num_test_cases']} held-out cases per test set"
-        f"{' over the runs' if results.get('repeats') else ''} ({settings['random_per_case']} random "
-        f"rotations each in the random set). Each model: {settings['epochs_label']}, patch "
-        f"{'x'.join(str(size) for size in settings['patch_size'])}, same optimizer and seed; "
+        f"Dataset {settings['dataset']}: {results['num_training_cases']} upright training cases"
+        f"{' per run' if averaged else ''}, {results['num_test_cases']} held-out cases per test set"
+        f"{' summed over the runs' if averaged else ''} ({rotations} random rotation{'s' if rotations != 1 else ''} "
+        f"each in the random set). Each model: {settings['epochs_label']}, patch "
+        f"{'x'.join(str(size) for size in settings['patch_size'])}, "
+        f"{'the same optimizer and seed within a run' if averaged else 'same optimizer and seed'}; "
         f"test-time augmentation {settings['tta']}."
     )
     repeats = results.get("repeats")
@@ -253,7 +258,8 @@ def plot_dice_against_angle(results: dict[str, Any], path: str | Path) -> None:
     figure, panels = plt.subplots(1, 1 + len(regions[:1]), figsize=(7.5 * (1 + len(regions[:1])), 4.5), dpi=110,
                                   squeeze=False)
     _plot_panel(panels[0][0], results, lambda model, name: _dice(results, model, name),
-                f"Mean Dice over classes, {results['settings']['dataset']} (trained upright)")
+                f"Mean Dice over classes, {results['settings']['dataset']} (trained upright)"
+                + (f", mean of {len(results['repeats']['seeds'])} runs" if results.get("repeats") else ""))
     panels[0][0].set_ylabel("Dice")
     panels[0][0].legend(fontsize=7, loc="lower left")
     for region in regions[:1]:
