@@ -17,7 +17,7 @@ in one output folder:
 
 With ``--repeats N`` the benchmark runs N times with seeds ``seed`` ..
 ``seed + N - 1``, each run in its own ``seed_S/`` subfolder with the layout
-above. The output folder then holds the mean over the runs in the same four
+above. The output folder then contains the mean over the runs in the same four
 result files, with a per-seed table (:mod:`gmrseg.benchmarking.rotation_repeats`).
 
 The default settings are sized for a 2-core CPU (33 minutes measured with other jobs beside it);
@@ -388,6 +388,8 @@ def _run_repeats(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     prepare_benchmark_dir(out, overwrite=settings.overwrite, outputs=(*_OUTPUTS, *folders, *_earlier_repeats(out)),
                           marker={"benchmark": "rotation", "settings": stored_settings})
 
+    # NOTE: an interrupted run cannot be continued. Its finished seed folders stay, but
+    # only --overwrite starts again, and it runs every seed anew.
     runs = []
     for seed, folder in zip(seeds, folders):
         logger.info("Rotation benchmark run %d of %d (seed %d) into %s", len(runs) + 1, len(seeds), seed, out / folder)

@@ -226,8 +226,8 @@ class TrainingConfig:
             validated, ``epochs`` is lowered to the number of epochs that fit, estimated
             from the time of that epoch and its validation, and the learning-rate
             schedule ends at the new last epoch. Each later validation lowers it again if
-            the epochs have slowed down, or, in the first half of the run, raises it (at
-            most back to ``epochs``) if they sped up. ``null`` trains all ``epochs``.
+            the epochs have slowed down, or, in the first half of the run, raises it (up
+            to ``epochs``) if they sped up. ``null`` trains all ``epochs``.
     """
 
     epochs: int = 1000
