@@ -258,7 +258,7 @@ def test_average_of_two_runs():
     assert "| GMRUNet | 0.810 ± 0.014 | 0.760 ± 0.028 | 5.0 ± 4.2 | +2.0 | +8.0 |" in text
 
 
-def test_average_refuses_other_designs():
+def test_average_rejects_other_designs():
     first, second = _results(gmr_random=0.78), _results(gmr_random=0.74)
     first["settings"]["seed"], second["settings"]["seed"] = 0, 1
     second["models"] = second["models"][:1]

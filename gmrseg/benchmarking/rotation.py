@@ -400,7 +400,7 @@ def _run_repeats(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     results["settings"].update(out=str(out), repeats=settings.repeats)
     results["goal"] = check_goal(results)
     _write_outputs(results, out)
-    logger.info("Rotation benchmark: %d runs finished in %.0f s; mean results in %s", len(runs),
+    logger.info("Rotation benchmark: %d runs finished in %.0f s. Mean results in %s", len(runs),
                 results["total_seconds"], out)
     return results
 
