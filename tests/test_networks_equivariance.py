@@ -64,10 +64,15 @@ def test_symmetry_count():
     assert len(list(grid_symmetries(2))) == 8
 
 
-@pytest.mark.parametrize(("in_channels", "residual"), [(1, False), (2, True)], ids=["1ch-plain", "2ch-residual"])
-def test_gmrunet_equivariant_float64(in_channels, residual):
+@pytest.mark.parametrize(
+    ("in_channels", "residual", "encoder_blocks"),
+    [(1, False, 1), (2, True, (1, 2, 2))],
+    ids=["1ch-plain", "2ch-residual-deeper-encoder"],
+)
+def test_gmrunet_equivariant_float64(in_channels, residual, encoder_blocks):
     torch.manual_seed(0)
-    model = GMRUNet(in_channels=in_channels, out_channels=3, residual=residual, deep_supervision=True, **TINY)
+    model = GMRUNet(in_channels=in_channels, out_channels=3, residual=residual, encoder_blocks=encoder_blocks,
+                    deep_supervision=True, **TINY)
     model = model.double().eval()
     x = torch.randn(1, in_channels, 32, 32, 32, dtype=torch.float64)
 

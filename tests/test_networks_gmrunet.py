@@ -153,6 +153,9 @@ def test_wrong_dimension_is_rejected():
         ({"deep_supervision": True, "num_deep_supervision_heads": 4}, r"\[0, 3\]"),
         ({"num_deep_supervision_heads": 1}, "needs deep_supervision"),
         ({"conv": "dense", "gmr_kwargs": {"num_rings": 2}}, "only apply to conv='gmr'"),
+        ({"features": (4, 8), "encoder_blocks": (1, 0)}, r"one int >= 1 per level \(2 levels\)"),
+        ({"features": (4, 8), "encoder_blocks": (1, 2, 2)}, "one int >= 1 per level"),
+        ({"encoder_blocks": "2"}, "int or a sequence"),
     ],
 )
 def test_invalid_arguments(arguments, message):
@@ -172,6 +175,18 @@ def test_residual_blocks_have_skip_projection():
 
     assert any(name.endswith("skip.0") for name, _ in model.named_modules())
     assert model.eval()(torch.randn(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
+
+
+def test_encoder_blocks_deepen_encoder_only():
+    single = GMRUNet(residual=True, **TINY)
+    deeper = GMRUNet(residual=True, encoder_blocks=(1, 2, 3), **TINY)
+
+    assert deeper.encoder_blocks == (1, 2, 3)
+    assert [len(level) if isinstance(level, torch.nn.Sequential) else 1 for level in deeper.encoders] == [1, 2, 3]
+    assert len(deeper.decoders) == len(single.decoders)
+    # One block per level keeps the parameter names of earlier checkpoints.
+    assert GMRUNet(residual=True, encoder_blocks=1, **TINY).state_dict().keys() == single.state_dict().keys()
+    assert deeper.eval()(torch.randn(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
 
 
 def test_dropout_active_in_train_only():

@@ -175,8 +175,8 @@ class GMRUNet(nn.Module):
     """UNet of GMR convolutions, equivariant to the 48 cube symmetries (8 square symmetries in 2D).
 
     Level ``i`` (0 = full resolution) has ``features[i]`` channels and uses
-    kernels of ``kernel_sizes[i]`` voxels. The encoder runs a block of two
-    convolutions per level and pools by 2 between levels. The decoder
+    kernels of ``kernel_sizes[i]`` voxels. The encoder runs ``encoder_blocks[i]``
+    blocks of two convolutions at level ``i`` and pools by 2 between levels. The decoder
     up-samples by 2 (1x1 convolution to ``features[i]`` channels, then
     interpolation), concatenates the skip connection, and runs a block with the
     level's kernel size. A 1x1 convolution maps the full-resolution features to
@@ -197,6 +197,9 @@ class GMRUNet(nn.Module):
         conv: ``"gmr"`` (GMR layers) or ``"dense"`` (``nn.Conv3d``/``nn.Conv2d`` of
             the same sizes, the plain UNet baseline).
         residual: use residual blocks instead of two plain convolutions per level.
+        encoder_blocks: blocks per encoder level, one int for all levels or one
+            per level (default 1). Extra blocks deepen the encoder only, as in
+            residual-encoder UNets; the decoder keeps one block per level.
         deep_supervision: add 1x1 heads on the coarser decoder levels. In training
             mode ``forward`` then returns a list of logits
             ``[full_res, half_res, quarter_res, ...]``; head ``j`` has spatial size
@@ -241,6 +244,7 @@ class GMRUNet(nn.Module):
         kernel_sizes: Sequence[int] | int | None = None,
         conv: str = "gmr",
         residual: bool = False,
+        encoder_blocks: Sequence[int] | int = 1,
         deep_supervision: bool = False,
         num_deep_supervision_heads: int | None = None,
         dropout: float = 0.0,
@@ -254,6 +258,7 @@ class GMRUNet(nn.Module):
     ) -> None:
         super().__init__()
         features, kernel_sizes = _validate_levels(features, kernel_sizes)
+        encoder_blocks = _validate_encoder_blocks(encoder_blocks, len(features))
         _validate_choices(spatial_dims, in_channels, out_channels, conv, pooling, upsample, input_padding)
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise InputError(f"GMRUNet: dropout must be a probability in [0, 1), got {dropout!r}")
@@ -277,6 +282,7 @@ class GMRUNet(nn.Module):
         self.kernel_sizes = kernel_sizes
         self.conv = conv
         self.residual = bool(residual)
+        self.encoder_blocks = encoder_blocks
         self.deep_supervision = bool(deep_supervision)
         self.num_deep_supervision_heads = num_deep_supervision_heads
         self.pooling = pooling
@@ -296,11 +302,17 @@ class GMRUNet(nn.Module):
         }
         block_type = _ResidualBlock if residual else _PlainBlock
 
-        # Encoder: one block per level; pooling happens in forward between levels.
+        # Encoder: encoder_blocks[level] blocks per level; pooling happens in forward between levels.
+        # A single block stays unwrapped, so its parameter names do not depend on this option.
         self.encoders = nn.ModuleList()
         channels = in_channels
         for level in range(num_levels):
-            self.encoders.append(block_type(spatial_dims, channels, features[level], kernel_sizes[level], options))
+            blocks = [block_type(spatial_dims, channels, features[level], kernel_sizes[level], options)]
+            blocks += [
+                block_type(spatial_dims, features[level], features[level], kernel_sizes[level], options)
+                for _ in range(encoder_blocks[level] - 1)
+            ]
+            self.encoders.append(blocks[0] if len(blocks) == 1 else nn.Sequential(*blocks))
             channels = features[level]
         if pooling == "blur":
             self.pool = BlurPool(spatial_dims)
@@ -422,7 +434,7 @@ class GMRUNet(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"spatial_dims={self.spatial_dims}, conv={self.conv!r}, features={self.features}, "
-            f"kernel_sizes={self.kernel_sizes}, residual={self.residual}, "
+            f"kernel_sizes={self.kernel_sizes}, residual={self.residual}, encoder_blocks={self.encoder_blocks}, "
             f"deep_supervision_heads={self.num_deep_supervision_heads}, size_divisor={self.size_divisor}"
         )
 
@@ -452,6 +464,22 @@ def _validate_levels(features, kernel_sizes) -> tuple[tuple[int, ...], tuple[int
             f"got {kernel_sizes!r}"
         )
     return features, kernel_sizes
+
+
+def _validate_encoder_blocks(encoder_blocks, num_levels: int) -> tuple[int, ...]:
+    """Check ``encoder_blocks`` and return one positive block count per level."""
+    if isinstance(encoder_blocks, int) and not isinstance(encoder_blocks, bool):
+        encoder_blocks = (encoder_blocks,) * num_levels
+    if isinstance(encoder_blocks, (str, bytes)) or not isinstance(encoder_blocks, Sequence):
+        raise InputError(f"GMRUNet: encoder_blocks must be an int or a sequence of ints, got {encoder_blocks!r}")
+    encoder_blocks = tuple(encoder_blocks)
+    if len(encoder_blocks) != num_levels or not all(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1 for value in encoder_blocks
+    ):
+        raise InputError(
+            f"GMRUNet: encoder_blocks needs one int >= 1 per level ({num_levels} levels), got {encoder_blocks!r}"
+        )
+    return encoder_blocks
 
 
 class BlurPool(nn.Module):
