@@ -302,7 +302,7 @@ class GMRUNet(nn.Module):
         }
         block_type = _ResidualBlock if residual else _PlainBlock
 
-        # Encoder: encoder_blocks[level] blocks per level; pooling happens in forward between levels.
+        # Encoder: encoder_blocks[level] blocks per level. Pooling between levels happens in forward.
         # A single block stays unwrapped, so its parameter names do not depend on this option.
         self.encoders = nn.ModuleList()
         channels = in_channels
