@@ -359,6 +359,36 @@ def test_nonfinite_loss_raises(tmp_path):
     assert "in float32" in str(error.value)
 
 
+def test_nonfinite_gradient_skips_step(tmp_path, caplog):
+    trainer = make_trainer(tmp_path)
+    calls = []
+
+    def spoil_first(gradient):
+        calls.append(1)
+        return gradient * float("nan") if len(calls) == 1 else gradient
+
+    trainer.network.encode.weight.register_hook(spoil_first)
+    with caplog.at_level("WARNING", logger="gmrseg.training.trainer"):
+        summary = trainer.fit()
+
+    assert summary["epochs"] == 2
+    assert len(calls) == 4
+    assert "Skipped an optimizer step at epoch 1" in caplog.text
+    assert "encode.weight" in caplog.text
+    assert all(torch.isfinite(parameter).all() for parameter in trainer.network.parameters())
+    assert trainer.skipped_steps == 0
+
+
+def test_nonfinite_gradients_in_a_row_raise(tmp_path):
+    trainer = make_trainer(tmp_path, config=make_config(epochs=3))
+    trainer.network.encode.weight.register_hook(lambda gradient: gradient * float("nan"))
+
+    with pytest.raises(FloatingPointError, match=r"5 steps in a row at epoch 3 in float32") as error:
+        trainer.fit()
+    assert "encode.weight" in str(error.value)
+    assert "optim.lr" in str(error.value)
+
+
 def test_without_validation_cases(tmp_path):
     trainer = make_trainer(tmp_path, val=False)
     summary = trainer.fit()

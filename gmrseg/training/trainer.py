@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 _AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# Optimizer steps skipped in a row for non-finite gradients before training stops.
+MAX_SKIPPED_STEPS = 5
 
 
 def cpu_supports_bfloat16() -> bool:
@@ -136,6 +138,7 @@ class Trainer:
         # float16 needs a gradient scaler.
         self.amp_dtype = _amp_dtype(config.training.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.skipped_steps = 0
         if config.training.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
@@ -277,16 +280,14 @@ class Trainer:
             output = self.model(image)
             loss = self.loss_function(output, label)
         if not torch.isfinite(loss):
-            precision = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(self.amp_dtype, "float32")
-            advice = {"float16": "set training.amp to bfloat16 or none",
-                      "bfloat16": "set training.amp to none (float32)"}.get(precision, "check the input intensities")
             raise FloatingPointError(
-                f"training loss is {loss.item()} at epoch {self.epoch + 1} in {precision}. Lower optim.lr, keep "
-                f"optim.grad_clip > 0, or {advice}"
+                f"training loss is {loss.item()} at epoch {self.epoch + 1} in {self._precision()}. "
+                f"{self._numerics_advice()}"
             )
 
         clip = self.config.optim.grad_clip
         if self.scaler.is_enabled():
+            # The scaler skips the step itself when the gradients overflowed, and lowers its scale.
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             if clip > 0:
@@ -295,11 +296,48 @@ class Trainer:
             self.scaler.update()
         else:
             loss.backward()
-            if clip > 0:
-                nn.utils.clip_grad_norm_(self.network.parameters(), clip)
-            self.optimizer.step()
+            if self._gradients_finite(clip):
+                self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach().item())
+
+    def _gradients_finite(self, clip: float) -> bool:
+        """Clip the gradients to norm ``clip`` (0 = off) and return whether all of them are finite.
+
+        A single non-finite gradient would make the clipped gradients, and after the
+        step every weight, NaN. The caller skips the step instead, as a float16
+        gradient scaler does. ``MAX_SKIPPED_STEPS`` skips in a row raise
+        ``FloatingPointError``.
+        """
+        parameters = [parameter for parameter in self.network.parameters() if parameter.grad is not None]
+        if clip > 0:
+            norm = nn.utils.clip_grad_norm_(parameters, clip)
+        else:
+            norm = nn.utils.get_total_norm([parameter.grad for parameter in parameters])
+        if torch.isfinite(norm):
+            self.skipped_steps = 0
+            return True
+
+        self.skipped_steps += 1
+        names = [name for name, parameter in self.network.named_parameters()
+                 if parameter.grad is not None and not torch.isfinite(parameter.grad).all()]
+        if self.skipped_steps >= MAX_SKIPPED_STEPS:
+            raise FloatingPointError(
+                f"gradients were not finite in {self.skipped_steps} steps in a row at epoch {self.epoch + 1} "
+                f"in {self._precision()} (parameters {', '.join(names[:3])}). {self._numerics_advice()}"
+            )
+        logger.warning("Skipped an optimizer step at epoch %d: gradients not finite in %s (%s)", self.epoch + 1,
+                       ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else ""),
+                       self._precision())
+        return False
+
+    def _precision(self) -> str:
+        return {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(self.amp_dtype, "float32")
+
+    def _numerics_advice(self) -> str:
+        advice = {"float16": "set training.amp to bfloat16 or none",
+                  "bfloat16": "set training.amp to none (float32)"}.get(self._precision(), "check the input intensities")
+        return f"Lower optim.lr, keep optim.grad_clip > 0, or {advice}"
 
     def _loader(self) -> DataLoader:
         self.patches.set_epoch(self.epoch)
