@@ -373,8 +373,8 @@ def test_nonfinite_gradient_skips_step(tmp_path, caplog):
 
     assert summary["epochs"] == 2
     assert len(calls) == 4
-    assert "Skipped an optimizer step at epoch 1" in caplog.text
-    assert "encode.weight" in caplog.text
+    assert "Skipped an optimizer step at epoch 1: gradient norm nan" in caplog.text
+    assert "not finite in encode.weight" in caplog.text
     assert all(torch.isfinite(parameter).all() for parameter in trainer.network.parameters())
     assert trainer.skipped_steps == 0
 
@@ -385,8 +385,26 @@ def test_nonfinite_gradients_in_a_row_raise(tmp_path):
 
     with pytest.raises(FloatingPointError, match=r"5 steps in a row at epoch 3 in float32") as error:
         trainer.fit()
-    assert "encode.weight" in str(error.value)
+    assert "not finite in encode.weight" in str(error.value)
     assert "optim.lr" in str(error.value)
+
+
+def test_overflowing_gradient_norm_skips_step(tmp_path, caplog):
+    trainer = make_trainer(tmp_path)
+    calls = []
+
+    def inflate_first(gradient):
+        # Finite values whose squares overflow float32, so only the norm is infinite.
+        calls.append(1)
+        return torch.full_like(gradient, 1e30) if len(calls) == 1 else gradient
+
+    trainer.network.encode.weight.register_hook(inflate_first)
+    with caplog.at_level("WARNING", logger="gmrseg.training.trainer"):
+        trainer.fit()
+
+    assert "gradient norm inf" in caplog.text
+    assert "largest in encode.weight (1e+30)" in caplog.text
+    assert all(torch.isfinite(parameter).all() for parameter in trainer.network.parameters())
 
 
 def test_without_validation_cases(tmp_path):

@@ -302,34 +302,42 @@ class Trainer:
         return float(loss.detach().item())
 
     def _gradients_finite(self, clip: float) -> bool:
-        """Clip the gradients to norm ``clip`` (0 = off) and return whether all of them are finite.
+        """Clip the gradients to norm ``clip`` (0 = off) and return whether their norm is finite.
 
-        A single non-finite gradient would make the clipped gradients, and after the
-        step every weight, NaN. The caller skips the step instead, as a float16
-        gradient scaler does. ``MAX_SKIPPED_STEPS`` skips in a row raise
-        ``FloatingPointError``.
+        A NaN gradient, or finite gradients whose norm overflows, would make the
+        clipped gradients, and after the step every weight, NaN or zero. The caller
+        skips the step instead, as a float16 gradient scaler does.
+        ``MAX_SKIPPED_STEPS`` skips in a row raise ``FloatingPointError``.
         """
         parameters = [parameter for parameter in self.network.parameters() if parameter.grad is not None]
-        if clip > 0:
-            norm = nn.utils.clip_grad_norm_(parameters, clip)
-        else:
-            norm = nn.utils.get_total_norm([parameter.grad for parameter in parameters])
+        norm = nn.utils.get_total_norm([parameter.grad for parameter in parameters])
         if torch.isfinite(norm):
+            if clip > 0:
+                nn.utils.clip_grads_with_norm_(parameters, clip, norm)
             self.skipped_steps = 0
             return True
 
         self.skipped_steps += 1
-        names = [name for name, parameter in self.network.named_parameters()
-                 if parameter.grad is not None and not torch.isfinite(parameter.grad).all()]
+        where = self._worst_gradients()
         if self.skipped_steps >= MAX_SKIPPED_STEPS:
             raise FloatingPointError(
-                f"gradients were not finite in {self.skipped_steps} steps in a row at epoch {self.epoch + 1} "
-                f"in {self._precision()} (parameters {', '.join(names[:3])}). {self._numerics_advice()}"
+                f"gradient norm was {norm.item()} in {self.skipped_steps} steps in a row at epoch {self.epoch + 1} "
+                f"in {self._precision()} ({where}). {self._numerics_advice()}"
             )
-        logger.warning("Skipped an optimizer step at epoch %d: gradients not finite in %s (%s)", self.epoch + 1,
-                       ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else ""),
-                       self._precision())
+        logger.warning("Skipped an optimizer step at epoch %d: gradient norm %s in %s (%s)", self.epoch + 1,
+                       norm.item(), self._precision(), where)
         return False
+
+    def _worst_gradients(self, count: int = 3) -> str:
+        """Name the parameters with non-finite gradients, or else the ones with the largest."""
+        gradients = {name: parameter.grad for name, parameter in self.network.named_parameters()
+                     if parameter.grad is not None}
+        nonfinite = [name for name, gradient in gradients.items() if not torch.isfinite(gradient).all()]
+        if nonfinite:
+            more = f" and {len(nonfinite) - count} more" if len(nonfinite) > count else ""
+            return f"not finite in {', '.join(nonfinite[:count])}{more}"
+        largest = sorted(gradients, key=lambda name: -gradients[name].abs().max().item())[:count]
+        return "largest in " + ", ".join(f"{name} ({gradients[name].abs().max().item():.3g})" for name in largest)
 
     def _precision(self) -> str:
         return {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(self.amp_dtype, "float32")
