@@ -148,7 +148,7 @@ def _add_demo(subparsers) -> None:
                         "time limit decides)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="wall-clock minutes for training epochs and validations; the epoch count is set to "
-                        f"what fits (default: {DEMO_TIME_LIMIT_MINUTES:g}, instead of the quick config's 9, so the "
+                        f"what fits (default: {DEMO_TIME_LIMIT_MINUTES:g}, instead of the quick config's 9.5, so the "
                         "whole demo takes under 10 minutes on a 2-core CPU); 0 trains all epochs")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing non-empty output folder first")
     parser.set_defaults(handler=_run_demo)

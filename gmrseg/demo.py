@@ -20,7 +20,7 @@ __all__ = ["DemoResult", "run_demo"]
 logger = logging.getLogger(__name__)
 
 # The demo trains the quick preset on 51 cases (fold 0 of the 64 shipped training
-# cases). It gives epochs and validations 8.5 minutes instead of the preset's 9. Example
+# cases). It gives epochs and validations 8.5 minutes instead of the preset's 9.5. Example
 # data, preprocessing, prediction and evaluation took 20 s on a 2-core CPU, so the whole
 # demo fits in 10 minutes with about a minute to spare.
 DEMO_TIME_LIMIT_MINUTES = 8.5

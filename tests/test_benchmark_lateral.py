@@ -8,8 +8,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
-from gmrseg.benchmarking.lateral import main
+from gmrseg.benchmarking.lateral import build_parser, main
 from gmrseg.benchmarking.synthetic_lateral import LATERAL_LABELS, make_lateral_dataset
 from gmrseg.data.validation import validate_dataset
 from gmrseg.errors import InputError
@@ -83,6 +84,7 @@ def test_merged_model_end_to_end(tmp_path):
     assert [pair[:2] for pair in model["merged_pairs"]] == [["kidney_left", "kidney_right"]]
     assert sorted(model["per_class"]) == ["kidney_left", "kidney_right", "spine"]
     assert all(0.0 <= value <= 1.0 for value in model["per_class"].values())
+    assert yaml.safe_load(Path(model["config"]).read_text())["data"]["batch_size"] == 2
     predicted = np.unique(np.concatenate([np.asarray(nib.load(path).dataobj).ravel()
                                           for path in (out / "predictions" / "merged").glob("*.nii.gz")]))
     assert set(predicted.tolist()) <= set(LATERAL_LABELS.values())
@@ -105,6 +107,13 @@ def test_merged_and_unmerged_end_to_end(tmp_path):
     table = (out / "results.md").read_text()
     assert "| GMRUNet, pairs not merged | kidney_left, kidney_right, spine |" in table
     assert (out / "results.csv").read_text().count("\n") == 1 + 2 * 4
+
+
+def test_fixed_epochs_and_batch_by_default():
+    args = build_parser().parse_args([])
+
+    assert args.epochs == 12
+    assert args.batch_size == 2
 
 
 def test_script_help():

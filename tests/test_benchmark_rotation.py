@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 from gmrseg.benchmarking.rotated_sets import build_rotation_settings, write_rotated_test_sets
 from gmrseg.benchmarking.rotation import main
@@ -313,6 +314,8 @@ def test_one_model_end_to_end(tmp_path):
     assert model["key"] == "gmrunet"
     assert model["parameters"] > 0
     assert model["training_seconds"] > 0
+    # The CPU design trains at batch 2 whatever the quick preset's batch size.
+    assert yaml.safe_load(Path(model["config"]).read_text())["data"]["batch_size"] == 2
     set_names = [entry["name"] for entry in results["sets"]]
     assert set_names == ["upright", "x090", "y090", "z090", "random"]
     assert sorted(results["dice"]["gmrunet"]) == sorted(set_names)
@@ -377,11 +380,13 @@ def test_presets_and_explicit_options(tmp_path):
 
     cpu = settings()
     assert (cpu.base_config, cpu.epochs, cpu.overlap, cpu.test_cases) == ("quick", 16, 0.25, 8)
+    assert cpu.batch_size == 2
     full = settings("--full")
     assert (full.base_config, full.epochs, full.overlap, full.test_cases) == ("default", 100, 0.5, None)
+    assert full.batch_size is None
     # Options given explicitly win over either preset.
-    explicit = settings("--full", "--overlap", "0", "--epochs", "3")
-    assert (explicit.overlap, explicit.epochs) == (0.0, 3)
+    explicit = settings("--full", "--overlap", "0", "--epochs", "3", "--batch-size", "3")
+    assert (explicit.overlap, explicit.epochs, explicit.batch_size) == (0.0, 3, 3)
 
 
 def test_ring_settings_kept_for_gmr_only(tmp_path):

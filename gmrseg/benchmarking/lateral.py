@@ -75,9 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default: 2)")
     parser.add_argument("--config", dest="base_config", default="quick",
                         help="preset name or YAML file every model starts from (default: quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the config's)")
+    # Fixed epochs and batch, not the preset's: the preset's time limit does not apply here, and
+    # its epoch count is only an upper bound for that limit.
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs per model (default: 12)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None,
                         help="optimizer steps per epoch (default: the config's)")
+    parser.add_argument("--batch-size", type=int, default=2, help="patches per optimizer step (default: 2)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=(32, 32, 32), metavar=("X", "Y", "Z"),
                         help="training patch and sliding-window size in voxels (default: 32 32 32)")
     parser.add_argument("--features", type=int, nargs="+", default=[8, 16, 32],
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("epochs", "iterations_per_epoch"):
+    for name in ("epochs", "iterations_per_epoch", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
@@ -145,6 +148,7 @@ def _run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                     iterations_per_epoch=args.iterations_per_epoch, patch_size=args.patch_size,
                                     seed=args.seed)
         values["data"]["label_pairs"] = label_pairs
+        values["data"]["batch_size"] = args.batch_size
         # Rotation augmentation is not what this benchmark compares; flips stay as configured.
         values["augmentation"]["rotation"] = False
 

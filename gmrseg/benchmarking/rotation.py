@@ -87,15 +87,15 @@ _OUTPUTS = ("data", "test_sets", "configs", "runs", "predictions", "evaluation",
 _DEFAULT_ANGLES = (15.0, 30.0, 45.0, 90.0, 180.0)
 
 # CPU defaults: 8 held-out cases in 17 test sets (144 scans per model) and 16 epochs of
-# the quick preset per model, without its time limit. Windows overlap by a quarter, half
+# the quick preset per model at batch 2, without its time limit. Windows overlap by a quarter, half
 # as many windows as 0.5 on these volumes. NOTE: measured at 9 minutes on a 2-core CPU
 # with AVX-512, but at 33 minutes, over the 30-minute goal, on an older 2-core CPU beside
 # other jobs. Overlap 0.5 scored GMRUNet 2 to 4 points higher (docs/benchmarks.md).
 _CPU_DEFAULTS = {"base_config": "quick", "test_cases": 8, "random_per_case": 2, "device": "auto", "epochs": 16,
-                 "overlap": 0.25}
+                 "batch_size": 2, "overlap": 0.25}
 # --full: the default (nnU-Net-like) config, every held-out case, more random rotations.
 _FULL_DEFAULTS = {"base_config": "default", "test_cases": None, "random_per_case": 4, "device": "auto",
-                  "epochs": 100, "overlap": 0.5}
+                  "epochs": 100, "batch_size": None, "overlap": 0.5}
 
 
 @dataclass
@@ -113,6 +113,7 @@ class RotationBenchmarkSettings:
         base_config: preset name or YAML file every model starts from.
         epochs: training epochs per model (None: the base config's).
         iterations_per_epoch: optimizer steps per epoch (None: the base config's).
+        batch_size: patches per optimizer step (None: the base config's).
         patch_size: training patch and window size in voxels (None: the base config's).
         features: channels per UNet level (None: the base config's).
         kernel_sizes: kernel size per UNet level (None: the base config's).
@@ -139,6 +140,7 @@ class RotationBenchmarkSettings:
     base_config: str = "quick"
     epochs: int | None = None
     iterations_per_epoch: int | None = None
+    batch_size: int | None = None
     patch_size: list[int] | None = None
     features: list[int] | None = None
     kernel_sizes: list[int] | None = None
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training epochs per model, the same for all (default: 16; --full: 100)")
     parser.add_argument("--iterations-per-epoch", type=int, default=None,
                         help="optimizer steps per epoch (default: the config's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="patches per optimizer step (default: 2; --full: the config's)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                         help="training patch and sliding-window size in voxels (default: the config's)")
     parser.add_argument("--features", type=int, nargs="+", default=None,
@@ -243,6 +247,7 @@ def settings_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Rotatio
         base_config=pick(args.base_config, "base_config"),
         epochs=pick(args.epochs, "epochs"),
         iterations_per_epoch=args.iterations_per_epoch,
+        batch_size=pick(args.batch_size, "batch_size"),
         patch_size=list(args.patch_size) if args.patch_size else None,
         features=args.features,
         kernel_sizes=args.kernel_sizes,
@@ -269,6 +274,7 @@ def _check_settings(settings: RotationBenchmarkSettings) -> None:
     positive("--test-cases", settings.test_cases)
     positive("--epochs", settings.epochs)
     positive("--iterations-per-epoch", settings.iterations_per_epoch)
+    positive("--batch-size", settings.batch_size)
     positive("--repeats", settings.repeats)
     if settings.random_per_case < 0:
         raise InputError(f"--random-rotations must be 0 or more, got {settings.random_per_case}")
@@ -299,6 +305,8 @@ def _train_model(settings: RotationBenchmarkSettings, spec: ModelSpec, data_dir:
     # Validate once, after the last epoch, so every model is tested with its final weights
     # and no time goes to intermediate validations.
     values["validation"]["interval"] = values["training"]["epochs"]
+    if settings.batch_size is not None:
+        values["data"]["batch_size"] = settings.batch_size
     values["augmentation"]["rotation"] = spec.rotation_augmentation
     if spec.rotation_augmentation:
         values["augmentation"]["rotation_range_deg"] = 180.0
