@@ -54,9 +54,9 @@ def _add_train(subparsers) -> None:
                         help="number of epochs; overrides the config's training.epochs (default: the config's)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                         help="wall-clock budget in minutes for the epochs and validations: after the first epoch "
-                        "the epoch count is lowered to what fits and the learning-rate schedule ends there; "
+                        "the epoch count is set to what fits and the learning-rate schedule ends there; "
                         "0 trains all epochs. Overrides the config's training.time_limit_minutes (default: the "
-                        "config's; 9 in the quick preset, none in the others)")
+                        "config's; 9.5 in the quick preset, none in the others)")
     parser.add_argument("--quiet", action="store_true", help="hide progress bars and per-epoch log lines")
     parser.set_defaults(handler=_run_train)
 

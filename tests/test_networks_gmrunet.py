@@ -153,8 +153,9 @@ def test_wrong_dimension_is_rejected():
         ({"deep_supervision": True, "num_deep_supervision_heads": 4}, r"\[0, 3\]"),
         ({"num_deep_supervision_heads": 1}, "needs deep_supervision"),
         ({"conv": "dense", "gmr_kwargs": {"num_rings": 2}}, "only apply to conv='gmr'"),
-        ({"features": (4, 8), "encoder_blocks": (1, 0)}, r"one int >= 1 per level \(2 levels\)"),
-        ({"features": (4, 8), "encoder_blocks": (1, 2, 2)}, "one int >= 1 per level"),
+        ({"features": (4, 8), "encoder_blocks": (1, 0)}, r"one per level \(2 levels, one per entry of features\)"),
+        ({"features": (4, 8), "encoder_blocks": (1, 2, 2)}, r"one int >= 1, or one per level.*got \(1, 2, 2\)"),
+        ({"features": (4, 8), "encoder_blocks": 0}, r"got 0$"),
         ({"encoder_blocks": "2"}, "int or a sequence"),
     ],
 )

@@ -425,7 +425,8 @@ def _check_values(config: Config) -> None:
              f"must be >= 1, got {training.checkpoint_interval}")
     if training.time_limit_minutes is not None:
         _require(training.time_limit_minutes > 0, "training.time_limit_minutes",
-                 f"must be > 0, or null for no limit, got {training.time_limit_minutes}")
+                 f"must be > 0, or null for no limit (what --time-limit 0 sets on the command line), "
+                 f"got {training.time_limit_minutes}")
     _require(schedule.warmup_epochs < training.epochs or training.epochs == 1, "schedule.warmup_epochs",
              f"must be smaller than training.epochs ({training.epochs}), got {schedule.warmup_epochs}")
 
