@@ -292,6 +292,22 @@ def test_refuses_foreign_non_empty_folder(tmp_path, capsys):
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+def test_overwrite_logs_what_it_removes(tmp_path, caplog):
+    from gmrseg.benchmarking.common import MARKER, prepare_benchmark_dir
+
+    (tmp_path / MARKER).write_text("{}")
+    (tmp_path / "results.md").write_text("old")
+    (tmp_path / "seed_3").mkdir()
+    (tmp_path / "notes.txt").write_text("keep")
+    with caplog.at_level("INFO", logger="gmrseg.benchmarking.common"):
+        prepare_benchmark_dir(tmp_path, overwrite=True, outputs=("results.md", "results.csv", "seed_3"),
+                              marker={"benchmark": "rotation"})
+
+    assert f"removed {MARKER}, results.md, seed_3 of the earlier benchmark in {tmp_path}" in caplog.text
+    assert not (tmp_path / "seed_3").exists()
+    assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
 def test_rejects_bad_options(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "a"), "--features", "4", "8", "--kernel-sizes", "3"]) == 2
     assert "same length" in capsys.readouterr().err

@@ -56,12 +56,17 @@ def prepare_benchmark_dir(out: Path, *, overwrite: bool, outputs: Sequence[str],
         if not (out / MARKER).is_file():
             raise InputError(f"--out {out} is not empty and contains no {MARKER}, so it is not a benchmark folder; "
                              "gmrseg does not clear it even with --overwrite. Choose a new folder")
+        removed = []
         for name in (MARKER, *outputs):
             path = out / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
+            else:
+                continue
+            removed.append(name)
+        logger.info("--overwrite: removed %s of the earlier benchmark in %s", ", ".join(removed), out)
     out.mkdir(parents=True, exist_ok=True)
     save_json_atomic(out / MARKER, marker)
 
