@@ -360,7 +360,7 @@ def test_one_model_end_to_end(tmp_path):
     assert "| upright | 1 |" in (out / "results.md").read_text()
 
 
-def test_repeats_end_to_end(tmp_path):
+def test_repeats_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["--out", str(out), "--models", "gmrunet", *TINY, "--repeats", "2", "--seed", "3"]) == 0
 
@@ -380,6 +380,24 @@ def test_repeats_end_to_end(tmp_path):
     assert main(["--out", str(out), "--rescore"]) == 0
     assert json.loads((out / "results.json").read_text())["dice"] == results["dice"]
     assert "## Repeats" in (out / "results.md").read_text()
+
+    # --resume after an interruption in the second run keeps the first and runs the second again.
+    first_checkpoint = out / "seed_3" / "runs" / "gmrunet" / "fold_0" / "checkpoint_last.pt"
+    first_written = first_checkpoint.stat().st_mtime_ns
+    (out / "seed_4" / "results.json").unlink()
+    (out / "results.json").unlink()
+    options = ["--out", str(out), "--models", "gmrunet", *TINY, "--repeats", "2", "--seed", "3"]
+    assert main([*options, "--resume"]) == 0
+    assert first_checkpoint.stat().st_mtime_ns == first_written
+    assert (out / "seed_4" / "results.json").is_file()
+    assert json.loads((out / "results.json").read_text())["repeats"]["seeds"] == [3, 4]
+    # Other options, or --resume beside --overwrite or --rescore, are rejected.
+    assert main([*options, "--epochs", "2", "--resume"]) == 2
+    assert "epochs: 1 then, 2 now" in capsys.readouterr().err
+    assert main([*options, "--resume", "--overwrite"]) == 2
+    assert main(["--out", str(out), "--rescore", "--resume"]) == 2
+    assert main(["--out", str(tmp_path / "new"), "--models", "gmrunet", *TINY, "--repeats", "2", "--resume"]) == 2
+    assert "has no benchmark.json" in capsys.readouterr().err
 
     # --overwrite replaces the run folders too.
     assert main(["--out", str(out), "--models", "gmrunet", *TINY, "--overwrite"]) == 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -126,6 +127,8 @@ class RotationBenchmarkSettings:
         seed: seed of the data split, the random rotations and training (of the first run).
         repeats: number of runs, with seeds ``seed`` .. ``seed + repeats - 1``, averaged.
         overwrite: replace a previous benchmark in ``out``.
+        resume: continue an interrupted ``repeats`` run in ``out`` with the same
+            settings: finished runs are kept, the others run again from the start.
         full: the ``--full`` preset was requested.
         command: command line, recorded with the results.
     """
@@ -152,6 +155,7 @@ class RotationBenchmarkSettings:
     seed: int = 0
     repeats: int = 1
     overwrite: bool = False
+    resume: bool = False
     full: bool = False
     command: str = ""
 
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "run written into OUT itself)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier benchmark in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted --repeats run in --out, given the same options: runs with "
+                        "results are kept, the unfinished one starts again")
     parser.add_argument("--rescore", action="store_true",
                         help="only evaluate the predictions of a finished benchmark in --out again and rewrite its "
                         "tables and plot (nothing is trained or predicted)")
@@ -259,6 +266,7 @@ def settings_from_args(args: argparse.Namespace, argv: Sequence[str]) -> Rotatio
         seed=args.seed,
         repeats=args.repeats,
         overwrite=args.overwrite,
+        resume=args.resume,
         full=args.full,
         command=" ".join(["gmrseg", "benchmark", "rotation", *argv]),
     )
@@ -276,6 +284,11 @@ def _check_settings(settings: RotationBenchmarkSettings) -> None:
     positive("--iterations-per-epoch", settings.iterations_per_epoch)
     positive("--batch-size", settings.batch_size)
     positive("--repeats", settings.repeats)
+    if settings.resume and settings.overwrite:
+        raise InputError("--resume keeps the finished runs and --overwrite removes them; pass one of the two")
+    if settings.resume and settings.repeats == 1:
+        raise InputError("--resume continues an interrupted --repeats run (N > 1); a single run starts again "
+                         "with --overwrite")
     if settings.random_per_case < 0:
         raise InputError(f"--random-rotations must be 0 or more, got {settings.random_per_case}")
     if not 0.0 <= settings.overlap < 1.0:
@@ -393,15 +406,26 @@ def _run_repeats(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     folders = [repeat_folder(seed) for seed in seeds]
     stored_settings = {key: (str(value) if isinstance(value, Path) else value)
                        for key, value in asdict(settings).items()}
-    prepare_benchmark_dir(out, overwrite=settings.overwrite, outputs=(*_OUTPUTS, *folders, *_earlier_repeats(out)),
-                          marker={"benchmark": "rotation", "settings": stored_settings})
+    if settings.resume:
+        _check_resumable(out, stored_settings)
+    else:
+        prepare_benchmark_dir(out, overwrite=settings.overwrite,
+                              outputs=(*_OUTPUTS, *folders, *_earlier_repeats(out)),
+                              marker={"benchmark": "rotation", "settings": stored_settings})
 
-    # NOTE: an interrupted run cannot be continued. Its finished seed folders stay, but
-    # only --overwrite starts again, and it runs every seed anew.
     runs = []
     for seed, folder in zip(seeds, folders):
+        finished = out / folder / "results.json"
+        if settings.resume and finished.is_file():
+            logger.info("Rotation benchmark run %d of %d (seed %d): keeping the finished run in %s", len(runs) + 1,
+                        len(seeds), seed, out / folder)
+            runs.append(json.loads(finished.read_text(encoding="utf-8")))
+            continue
+        if settings.resume and (out / folder).exists():
+            logger.info("Removing the unfinished run in %s", out / folder)
+            shutil.rmtree(out / folder)
         logger.info("Rotation benchmark run %d of %d (seed %d) into %s", len(runs) + 1, len(seeds), seed, out / folder)
-        runs.append(_run(replace(settings, out=out / folder, seed=seed, repeats=1, overwrite=False)))
+        runs.append(_run(replace(settings, out=out / folder, seed=seed, repeats=1, overwrite=False, resume=False)))
 
     results = average_results(runs, folders)
     results["command"] = settings.command
@@ -411,6 +435,25 @@ def _run_repeats(settings: RotationBenchmarkSettings) -> dict[str, Any]:
     logger.info("Rotation benchmark: %d runs finished in %.0f s. Mean results in %s", len(runs),
                 results["total_seconds"], out)
     return results
+
+
+# Settings that may differ when a run is resumed: they change neither the data nor the training.
+_RESUME_FREE = ("out", "threads", "overwrite", "resume", "command")
+
+
+def _check_resumable(out: Path, stored_settings: dict[str, Any]) -> None:
+    """Raise ``InputError`` unless ``out`` contains an earlier ``--repeats`` run with the same settings."""
+    marker = out / MARKER
+    if not marker.is_file():
+        raise InputError(f"--resume needs the folder of an interrupted --repeats run, and {out} has no {MARKER}; "
+                         "start a new run without --resume")
+    earlier = json.loads(marker.read_text(encoding="utf-8")).get("settings", {})
+    changed = [key for key in stored_settings
+               if key not in _RESUME_FREE and json.loads(json.dumps(stored_settings[key])) != earlier.get(key)]
+    if changed:
+        details = "; ".join(f"{key}: {earlier.get(key)!r} then, {stored_settings[key]!r} now" for key in changed)
+        raise InputError(f"--resume: the options differ from the interrupted run in {out} ({details}). "
+                         "Pass the same options, or start again with --overwrite")
 
 
 def _run(settings: RotationBenchmarkSettings) -> dict[str, Any]:
@@ -560,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     settings = settings_from_args(args, argv)
     try:
+        if args.rescore and args.resume:
+            raise InputError("--rescore scores a finished benchmark and --resume finishes an interrupted one; "
+                             "pass one of the two")
         results = rescore_rotation_benchmark(settings.out) if args.rescore else run_rotation_benchmark(settings)
     except (InputError, FileNotFoundError, FileExistsError) as error:
         print(f"gmrseg benchmark rotation: error: {error}", file=sys.stderr)
