@@ -468,18 +468,18 @@ def _validate_levels(features, kernel_sizes) -> tuple[tuple[int, ...], tuple[int
 
 def _validate_encoder_blocks(encoder_blocks, num_levels: int) -> tuple[int, ...]:
     """Check ``encoder_blocks`` and return one positive block count per level."""
-    given = encoder_blocks
+    requested = encoder_blocks
     if isinstance(encoder_blocks, int) and not isinstance(encoder_blocks, bool):
         encoder_blocks = (encoder_blocks,) * num_levels
     if isinstance(encoder_blocks, (str, bytes)) or not isinstance(encoder_blocks, Sequence):
-        raise InputError(f"GMRUNet: encoder_blocks must be an int or a sequence of ints, got {given!r}")
+        raise InputError(f"GMRUNet: encoder_blocks must be an int or a sequence of ints, got {requested!r}")
     encoder_blocks = tuple(encoder_blocks)
     if len(encoder_blocks) != num_levels or not all(
         isinstance(value, int) and not isinstance(value, bool) and value >= 1 for value in encoder_blocks
     ):
         raise InputError(
             f"GMRUNet: encoder_blocks needs one int >= 1, or one per level ({num_levels} levels, one per entry "
-            f"of features), got {given!r}"
+            f"of features), got {requested!r}"
         )
     return encoder_blocks
 
