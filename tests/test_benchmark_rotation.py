@@ -223,7 +223,7 @@ def test_markdown_and_csv_tables():
     assert rows[0].startswith("model,network")
     # 3 models x 3 sets x (2 classes + mean)
     assert len(rows) == 1 + 3 * 3 * 3
-    assert "gmrunet,n,0,1000,random,,,4,mean,0.7000" in rows
+    assert "gmrunet,n,0,1000,random,,,4,1,mean,0.7000," in rows
 
 
 def test_average_of_two_runs():
@@ -247,6 +247,15 @@ def test_average_of_two_runs():
     assert spread == pytest.approx(0.06 / 2 ** 0.5)
     # The inputs are left as they were.
     assert first["dice"]["gmrunet"]["upright"]["mean"] == 0.80
+
+    # Each averaged score keeps its spread over the runs, and the CSV lists it.
+    assert upright["runs"] == 2
+    assert upright["sd"]["mean"] == pytest.approx(0.02 / 2 ** 0.5)
+    assert upright["sd"]["per_class"] == pytest.approx({"a": 0.04 / 2 ** 0.5, "b": 0.0})
+    rows = format_csv(averaged).strip().splitlines()
+    assert rows[0].split(",")[-4:] == ["runs", "class", "dice_mean", "dice_sd"]
+    assert "gmrunet,n,0,1000,upright,,0,4,2,a,0.8200,0.0283" in rows
+    assert "gmrunet,n,0,1000,random,,,8,2,mean,0.7600,0.0283" in rows
 
     goal = check_goal(averaged)
     assert goal["met"] is False

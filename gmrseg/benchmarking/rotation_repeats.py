@@ -8,7 +8,8 @@ random rotations and training seed) and averages them here.
 
 The averaged results keep the layout of a single run (see
 :mod:`gmrseg.benchmarking.rotation_report`), so the same tables, goal check and
-plot apply to them. A ``"repeats"`` entry adds, per model and seed, the
+plot apply to them; each averaged score also holds its run count and its
+standard deviation over the runs. A ``"repeats"`` entry adds, per model and seed, the
 upright and random-rotation Dice and the drop between them::
 
     {"repeats": {"seeds": [0, 1, 2], "folders": ["seed_0", ...],
@@ -39,21 +40,37 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def _sd(values: Sequence[float]) -> float:
+    """Return the sample standard deviation (NaN for a single value)."""
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
 def _mean_and_sd(values: Sequence[float]) -> list[float]:
-    """Return the mean and the sample standard deviation (NaN for a single value)."""
-    spread = statistics.stdev(values) if len(values) > 1 else math.nan
-    return [_mean(values), spread]
+    return [_mean(values), _sd(values)]
 
 
-def _average_scores(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Average one model's scores on one test set over the runs (per class, mean and regions)."""
+def _scores(entries: list[dict[str, Any]], statistic) -> dict[str, Any]:
+    """Apply ``statistic`` across the runs to each figure of one model on one test set."""
     classes = list(entries[0]["per_class"])
     regions = list(entries[0].get("regions", {}))
     return {
-        "per_class": {name: _mean([entry["per_class"][name] for entry in entries]) for name in classes},
-        "mean": _mean([entry["mean"] for entry in entries]),
-        "regions": {name: _mean([entry["regions"][name] for entry in entries]) for name in regions},
+        "per_class": {name: statistic([entry["per_class"][name] for entry in entries]) for name in classes},
+        "mean": statistic([entry["mean"] for entry in entries]),
+        "regions": {name: statistic([entry["regions"][name] for entry in entries]) for name in regions},
     }
+
+
+def _average_scores(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average one model's scores on one test set over the runs (per class, mean and regions).
+
+    The result keeps the single-run layout and adds ``"runs"`` (the run count)
+    and ``"sd"``: the sample standard deviation of each figure over the runs,
+    in the same layout (``{"per_class", "mean", "regions"}``).
+    """
+    averaged = _scores(entries, _mean)
+    averaged["runs"] = len(entries)
+    averaged["sd"] = _scores(entries, _sd)
+    return averaged
 
 
 def _check_same_design(runs: list[dict[str, Any]]) -> None:

@@ -44,6 +44,13 @@ def _number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _csv_number(value: float | None) -> str:
+    """Format a Dice figure for the CSV: 4 decimals, an empty cell when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4f}"
+
+
 def _set_label(entry: dict[str, Any]) -> str:
     if entry["name"] == "upright":
         return "upright"
@@ -190,12 +197,16 @@ def format_csv(results: dict[str, Any]) -> str:
     """Return one CSV row per model, test set and class.
 
     Class ``mean`` is the mean over classes, and ``region:NAME`` rows hold the
-    Dice of a union of classes (for example the whole structure).
+    Dice of a union of classes (for example the whole structure). ``runs`` is
+    the number of benchmark runs behind a row (1 for a single run) and
+    ``dice_sd`` the sample standard deviation of its Dice over those runs.
+    Missing figures (a single run's spread, a class absent from every case)
+    are empty cells.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "network", "rotation_augmentation", "parameters", "test_set", "axis", "angle_deg",
-                     "cases", "class", "dice_mean"])
+                     "cases", "runs", "class", "dice_mean", "dice_sd"])
     for model in results["models"]:
         for entry in results["sets"]:
             scores = results["dice"].get(model["key"], {}).get(entry["name"])
@@ -203,12 +214,15 @@ def format_csv(results: dict[str, Any]) -> str:
                 continue
             angle = "" if entry["angle_deg"] is None else f"{entry['angle_deg']:g}"
             prefix = [model["key"], model["network"], int(model["rotation_augmentation"]), model["parameters"],
-                      entry["name"], entry["axis"] or "", angle, entry["cases"]]
+                      entry["name"], entry["axis"] or "", angle, entry["cases"], scores.get("runs", 1)]
+            spread = scores.get("sd", {})
             for name in results["classes"]:
-                writer.writerow(prefix + [name, _number(scores["per_class"].get(name), 4)])
-            writer.writerow(prefix + ["mean", _number(scores["mean"], 4)])
+                writer.writerow(prefix + [name, _csv_number(scores["per_class"].get(name)),
+                                          _csv_number(spread.get("per_class", {}).get(name))])
+            writer.writerow(prefix + ["mean", _csv_number(scores["mean"]), _csv_number(spread.get("mean"))])
             for region, value in scores.get("regions", {}).items():
-                writer.writerow(prefix + [f"region:{region}", _number(value, 4)])
+                writer.writerow(prefix + [f"region:{region}", _csv_number(value),
+                                          _csv_number(spread.get("regions", {}).get(region))])
     return buffer.getvalue()
 
 
