@@ -91,6 +91,57 @@ def test_rotate_case_keeps_centre_and_content():
     assert np.allclose(moved_affine[:3, :3], affine[:3, :3])
 
 
+def _two_balls() -> np.ndarray:
+    grid = np.indices((31, 31, 31)).astype(np.float64)
+    label = np.zeros((31, 31, 31), np.uint8)
+    label[np.sum((grid - np.array([15.0, 11.0, 15.0])[:, None, None, None]) ** 2, axis=0) <= 4.5**2] = 1
+    label[np.sum((grid - np.array([15.0, 20.0, 15.0])[:, None, None, None]) ** 2, axis=0) <= 3.5**2] = 3
+    return label
+
+
+def _dice(first: np.ndarray, second: np.ndarray) -> float:
+    return 2.0 * np.logical_and(first, second).sum() / (first.sum() + second.sum())
+
+
+def test_linear_label_interpolation_follows_the_shape():
+    # Rotating a ball about its own centre maps it onto itself. Linear label interpolation
+    # keeps it that way; nearest neighbour makes its edge jitter. A second label (3) and the
+    # background must keep their values, and outside the input stays background.
+    label = np.zeros((31, 31, 31), np.uint8)
+    grid = np.indices(label.shape) - 15.0
+    label[np.sum(grid**2, axis=0) <= 6.3**2] = 1
+    label[np.sum(grid**2, axis=0) <= 2.2**2] = 3
+    image = label.astype(np.float32)
+    rotation = Rotation.from_euler("xyz", [31, -47, 12], degrees=True).as_matrix()
+
+    _, nearest, _ = rotate_case(image, label, np.eye(4), rotation)
+    _, linear, _ = rotate_case(image, label, np.eye(4), rotation, label_interpolation="linear")
+
+    assert linear.dtype == label.dtype
+    assert set(np.unique(linear)) == {0, 1, 3}
+    # The output grid is centred on the input's centre; the balls are centred there too.
+    out_grid = np.indices(linear.shape) - ((np.array(linear.shape) - 1) / 2)[:, None, None, None]
+    expected = np.zeros(linear.shape, np.uint8)
+    expected[np.sum(out_grid**2, axis=0) <= 6.3**2] = 1
+    expected[np.sum(out_grid**2, axis=0) <= 2.2**2] = 3
+    for value in (1, 3):
+        assert _dice(linear == value, expected == value) >= _dice(nearest == value, expected == value)
+    # Measured 0.957 against 0.925; re-voxelising a ball of radius 6.3 cannot reach 1.
+    assert _dice(linear > 0, expected > 0) > 0.95
+    assert _dice(linear > 0, expected > 0) > _dice(nearest > 0, expected > 0) + 0.02
+    assert linear[0, 0, 0] == 0
+
+
+def test_linear_label_interpolation_exact_on_quarter_turns():
+    label = _two_balls()
+    rotation = Rotation.from_euler("z", 90, degrees=True).as_matrix()
+    _, nearest, _ = rotate_case(label.astype(np.float32), label, np.eye(4), rotation)
+    _, linear, _ = rotate_case(label.astype(np.float32), label, np.eye(4), rotation, label_interpolation="linear")
+    np.testing.assert_array_equal(linear, nearest)
+    with pytest.raises(InputError, match="label_interpolation must be one of nearest, linear, got 'cubic'"):
+        rotate_case(label.astype(np.float32), label, np.eye(4), rotation, label_interpolation="cubic")
+
+
 def test_rotation_options(tmp_path):
     out = make_example_dataset(tmp_path / "hippo", cases=3, test_fraction=0.34, rotate_train="random",
                                rotate_test="random", seed=3)

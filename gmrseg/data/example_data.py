@@ -38,7 +38,7 @@ from scipy.spatial.transform import Rotation
 from gmrseg.errors import InputError
 from gmrseg.utils.files import atomic_write_path, save_json_atomic, save_text_atomic
 
-__all__ = ["EXAMPLE_DATASETS", "make_example_dataset", "parse_rotation_option", "rotate_case", "shipped_hippocampus_dir"]
+__all__ = ["EXAMPLE_DATASETS", "LABEL_INTERPOLATIONS", "make_example_dataset", "parse_rotation_option", "rotate_case", "shipped_hippocampus_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,21 +132,54 @@ def _rotated_grid(affine: np.ndarray, shape: Sequence[int], rotation: np.ndarray
     return output_affine, output_shape, output_to_input
 
 
+LABEL_INTERPOLATIONS = ("nearest", "linear")
+
+
+def _move_label_linear(label: np.ndarray, matrix: np.ndarray, output_shape: Sequence[int]) -> np.ndarray:
+    """Move a label map by interpolating each label's indicator linearly and keeping the largest.
+
+    Outside the input grid counts as background (0). Ties go to the smaller label value.
+    """
+    values = np.unique(label)
+    if 0 not in values:
+        values = np.concatenate([[0], values])
+    best_value = np.zeros(output_shape, dtype=label.dtype)
+    best_weight = np.full(output_shape, -1.0, dtype=np.float32)
+    for value in values:
+        weight = ndimage.affine_transform(
+            (label == value).astype(np.float32), matrix[:3, :3], offset=matrix[:3, 3], output_shape=output_shape,
+            order=1, mode="constant", cval=1.0 if value == 0 else 0.0,
+        )
+        larger = weight > best_weight
+        best_value[larger] = value
+        best_weight[larger] = weight[larger]
+    return best_value
+
+
 def rotate_case(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray, rotation: np.ndarray,
-                translation: Sequence[float] = (0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+                translation: Sequence[float] = (0.0, 0.0, 0.0), *,
+                label_interpolation: str = "nearest") -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Move a case rigidly in world space, padding the grid so nothing is cut off.
 
     Args:
         image: ``(X, Y, Z)`` intensities (linear interpolation, 0 outside).
-        label: ``(X, Y, Z)`` integer labels (nearest neighbour, 0 outside) or None.
+        label: ``(X, Y, Z)`` integer labels (0 outside) or None.
         affine: voxel-to-world matrix of both.
         rotation: 3x3 rotation matrix applied about the volume centre.
         translation: shift in mm after the rotation.
+        label_interpolation: ``"nearest"`` takes each output voxel's label from
+            the nearest input voxel, so boundaries jitter by up to half a voxel
+            against the interpolated image. ``"linear"`` interpolates the
+            indicator of every label and keeps the largest (as nnU-Net resamples
+            segmentations), which gives smooth boundaries that follow the image.
 
     Returns:
         ``(image, label, affine)`` on the new grid (image float32, label in
         its input dtype).
     """
+    if label_interpolation not in LABEL_INTERPOLATIONS:
+        raise InputError(f"label_interpolation must be one of {', '.join(LABEL_INTERPOLATIONS)}, "
+                         f"got {label_interpolation!r}.")
     affine = np.asarray(affine, dtype=np.float64)
     output_affine, output_shape, matrix = _rotated_grid(
         affine, image.shape, np.asarray(rotation, dtype=np.float64), np.asarray(translation, dtype=np.float64)
@@ -156,7 +189,9 @@ def rotate_case(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
         order=1, mode="constant", cval=0.0,
     )
     moved_label = None
-    if label is not None:
+    if label is not None and label_interpolation == "linear":
+        moved_label = _move_label_linear(label, matrix, output_shape)
+    elif label is not None:
         moved_label = ndimage.affine_transform(
             label, matrix[:3, :3], offset=matrix[:3, 3], output_shape=output_shape, order=0, mode="constant", cval=0,
         )
