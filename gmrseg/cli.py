@@ -129,6 +129,9 @@ def _add_example_data(subparsers) -> None:
     parser.add_argument("--rotate-test", default="none",
                         help="rotate test cases: none, random, or comma-separated angles in degrees about each "
                         "axis, e.g. 15,30,45 (default: none)")
+    parser.add_argument("--label-interpolation", choices=("nearest", "linear"), default="nearest",
+                        help="how labels of rotated hippocampus cases are moved: nearest neighbour, or linear "
+                        "interpolation of each class, whose boundaries follow the interpolated image (default: nearest)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT_DIR")
     parser.set_defaults(handler=_run_example_data)
@@ -250,6 +253,7 @@ def _run_example_data(args) -> int:
         rotate_test=args.rotate_test,
         seed=args.seed,
         overwrite=args.overwrite,
+        label_interpolation=args.label_interpolation,
     )
     # make_example_dataset logs the folder and the case counts, so the command prints nothing more.
     return 0

@@ -142,6 +142,31 @@ def test_linear_label_interpolation_exact_on_quarter_turns():
         rotate_case(label.astype(np.float32), label, np.eye(4), rotation, label_interpolation="cubic")
 
 
+def test_example_data_command_moves_labels_linearly(tmp_path):
+    from gmrseg.cli import main
+
+    common = ["--cases", "2", "--test-fraction", "0.5", "--rotate-test", "30", "--seed", "4"]
+    assert main(["example-data", str(tmp_path / "nearest"), *common]) == 0
+    assert main(["example-data", str(tmp_path / "linear"), *common, "--label-interpolation", "linear"]) == 0
+
+    description = json.loads((tmp_path / "linear" / "dataset.json").read_text())
+    assert description["gmrseg_example"]["label_interpolation"] == "linear"
+    names = sorted(path.name for path in (tmp_path / "linear" / "labelsTs").glob("*.nii.gz"))
+    assert names == sorted(path.name for path in (tmp_path / "nearest" / "labelsTs").glob("*.nii.gz"))
+    for name in names:
+        nearest = np.asarray(nib.load(tmp_path / "nearest" / "labelsTs" / name).dataobj)
+        linear = np.asarray(nib.load(tmp_path / "linear" / "labelsTs" / name).dataobj)
+        assert linear.shape == nearest.shape
+        assert set(np.unique(linear)) <= {0, 1, 2}
+        # Same structures, different boundary voxels.
+        assert _dice(linear > 0, nearest > 0) > 0.9
+        assert not np.array_equal(linear, nearest)
+    # Images are moved the same way either way.
+    for path in (tmp_path / "linear" / "imagesTs").glob("*.nii.gz"):
+        np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj),
+                                      np.asarray(nib.load(tmp_path / "nearest" / "imagesTs" / path.name).dataobj))
+
+
 def test_rotation_options(tmp_path):
     out = make_example_dataset(tmp_path / "hippo", cases=3, test_fraction=0.34, rotate_train="random",
                                rotate_test="random", seed=3)
