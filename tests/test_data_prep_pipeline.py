@@ -110,6 +110,24 @@ def test_zscore_nonzero_keeps_zeros():
     assert inside.std() == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("crop", [True, False])
+@pytest.mark.parametrize("entry", [{"scheme": "zscore_nonzero"}, {"scheme": "zscore"},
+                                   {"scheme": "ct", "lower": -100.0, "upper": 200.0, "mean": 50.0, "std": 10.0}])
+def test_preprocessing_leaves_the_input_unchanged(entry, crop):
+    # Orientation, crop and float32 input can all hand views of the caller's array down to
+    # the normalization; none may write into it.
+    rng = np.random.default_rng(2)
+    image = np.zeros((1, 12, 10, 8), np.float32)
+    image[0, 2:10, 2:8, 1:7] = rng.normal(50, 5, (8, 6, 6))
+    original = image.copy()
+    plan = PreprocessingPlan(normalization=[entry], crop_to_nonzero=crop)
+
+    for affine in (np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0])):
+        result = preprocess_case(image, affine, plan).image
+        np.testing.assert_array_equal(image, original)
+        assert not np.allclose(result.numpy().mean(), original.mean())
+
+
 def test_plan_dict_round_trip():
     plan = PreprocessingPlan(orientation="LPS", target_spacing=(1.5, 1.5, 1.5),
                              normalization=[{"scheme": "zscore_nonzero"}, {"scheme": "none"}])

@@ -467,7 +467,8 @@ def _normalize(image: np.ndarray, normalization: list[dict]) -> np.ndarray:
     """Normalize each channel of a ``(C, X, Y, Z)`` numpy array (numpy keeps MONAI off the MetaTensor path)."""
     channels = []
     for channel, entry in zip(image, normalization):
-        channel = channel[None]
+        # A copy: MONAI normalizes numpy arrays in place, and ``image`` may be a view of the caller's array.
+        channel = np.array(channel[None], dtype=np.float32)
         scheme = entry["scheme"]
         if scheme == "zscore_nonzero":
             channel = NormalizeIntensity(nonzero=True)(channel)
