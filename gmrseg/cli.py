@@ -127,11 +127,14 @@ def _add_example_data(subparsers) -> None:
     parser.add_argument("--rotate-train", choices=("none", "random"), default="none",
                         help="rotate training cases: none or random 3D rotations (default: none)")
     parser.add_argument("--rotate-test", default="none",
-                        help="rotate test cases: none, random, or comma-separated angles in degrees about each "
-                        "axis, e.g. 15,30,45 (default: none)")
-    parser.add_argument("--label-interpolation", choices=("nearest", "linear"), default="nearest",
+                        help="rotate test cases: none, random (one random 3D rotation each), or comma-separated "
+                        "angles in degrees, e.g. 15,30,45: each test case is then written once per angle about "
+                        "each of x, y and z (CASE_rotx015, CASE_roty015, ...), and 0 adds the upright case "
+                        "(default: none)")
+    parser.add_argument("--label-interpolation", choices=("nearest", "linear"), default=None,
                         help="how labels of rotated hippocampus cases are moved: nearest neighbour, or linear "
-                        "interpolation of each class, whose boundaries follow the interpolated image (default: nearest)")
+                        "interpolation of each class, whose boundaries follow the interpolated image (default: "
+                        "nearest; mni152 labels are always linear)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT_DIR")
     parser.set_defaults(handler=_run_example_data)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -204,10 +205,53 @@ def test_overwrite_replaces_dataset(tmp_path):
     ({"test_fraction": 1.0}, "test_fraction"),
     ({"rotate_train": "15"}, "'none' or 'random'"),
     ({"rotate_test": "fifteen"}, "comma-separated angles"),
+    ({"rotate_test": "15,,30"}, "comma-separated angles"),
+    ({"rotate_test": "15,30,15.0"}, "angle 15 more than once"),
+    ({"label_interpolation": "cubic"}, "label_interpolation must be one of nearest, linear"),
+    ({"dataset": "mni152", "label_interpolation": "nearest"}, "hippocampus cases only"),
 ])
 def test_invalid_arguments(tmp_path, arguments, match):
     with pytest.raises(InputError, match=match):
         make_example_dataset(tmp_path / "out", **arguments)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, interrupt):
+    # A fresh folder is not created at all, and an earlier dataset survives a failed
+    # overwrite unchanged. No hidden staging folder is left behind either way.
+    import gmrseg.data.example_data as example_data
+
+    earlier = make_example_dataset(tmp_path / "earlier", cases=2, test_fraction=0.5)
+    before = sorted(path.relative_to(earlier) for path in earlier.rglob("*"))
+    save = example_data._save_nifti
+    calls = []
+
+    def failing_save(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise interrupt("stopped")
+        save(*args)
+
+    monkeypatch.setattr(example_data, "_save_nifti", failing_save)
+    with pytest.raises(interrupt):
+        make_example_dataset(tmp_path / "fresh", cases=2, test_fraction=0.5)
+    calls.clear()
+    with pytest.raises(interrupt):
+        make_example_dataset(earlier, cases=3, test_fraction=0.34, overwrite=True)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["earlier"]
+    assert sorted(path.relative_to(earlier) for path in earlier.rglob("*")) == before
+    assert json.loads((earlier / "dataset.json").read_text())["numTraining"] == 1
+
+
+def test_written_folder_follows_umask(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        out = make_example_dataset(tmp_path / "hippo", cases=2)
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o755
     assert not (tmp_path / "out").exists()
 
 

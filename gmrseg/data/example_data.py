@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -88,7 +89,7 @@ def parse_rotation_option(value: str, *, allow_angles: bool) -> str | list[float
     if not allow_angles:
         raise InputError(f"rotation option must be 'none' or 'random', got {value!r}.")
     try:
-        angles = [float(part) for part in text.split(",") if part.strip()]
+        angles = [float(part) for part in text.split(",")]
     except ValueError:
         angles = []
     if not angles or not all(np.isfinite(angles)):
@@ -96,6 +97,11 @@ def parse_rotation_option(value: str, *, allow_angles: bool) -> str | list[float
             f"rotate_test must be 'none', 'random' or comma-separated angles in degrees such as '15,30,45', "
             f"got {value!r}."
         )
+    repeated = sorted({angle for index, angle in enumerate(angles) if angle in angles[:index]})
+    if repeated:
+        # Each angle names its output files (CASE_rotx015 ...), so a repeat would write over them.
+        raise InputError(f"rotate_test lists the angle {repeated[0]:g} more than once in {value!r}; "
+                         "give each angle once.")
     return angles
 
 
@@ -327,23 +333,42 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
         nib.save(nifti, temporary)
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+_DATASET_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+_DATASET_FILES = ("dataset.json", "LICENSE.md")
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Raise unless ``out_dir`` is missing, empty, or (with ``overwrite``) an earlier example dataset."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir} exists and is not a folder; choose another output folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"{out_dir} exists and is not empty; choose a new folder or pass overwrite=True (--overwrite) "
-                "to replace its dataset."
+                f"{out_dir} exists and is not empty; choose a new folder or pass --overwrite (overwrite=True "
+                "in Python) to replace its dataset."
             )
         if not (out_dir / "dataset.json").is_file():
             raise InputError(
                 f"{out_dir} is not empty and contains no dataset.json, so it is not an example dataset; "
-                "gmrseg does not clear it even with overwrite. Choose a new folder."
+                "gmrseg does not clear it even with --overwrite. Choose a new folder."
             )
-        for name in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Move a finished dataset from ``staging`` to ``out_dir``, replacing an earlier one there.
+
+    dataset.json moves first, so even a move cut short leaves a folder that
+    ``--overwrite`` accepts. Files in ``out_dir`` that are not part of a dataset stay.
+    """
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    for name in _DATASET_FILES:
+        os.replace(staging / name, out_dir / name)
+    for name in _DATASET_FOLDERS:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        os.replace(staging / name, out_dir / name)
+    staging.rmdir()
 
 
 def make_example_dataset(
@@ -357,7 +382,7 @@ def make_example_dataset(
     seed: int = 0,
     overwrite: bool = False,
     spacing: float = 2.0,
-    label_interpolation: str = "nearest",
+    label_interpolation: str | None = None,
 ) -> Path:
     """Write an example dataset folder in the nnU-Net v2 layout.
 
@@ -381,12 +406,13 @@ def make_example_dataset(
         overwrite: replace the dataset in an existing ``out_dir``.
         spacing: voxel size in mm of the mni152 cases (ignored for hippocampus).
         label_interpolation: how rotated hippocampus labels follow their image,
-            ``"nearest"`` or ``"linear"`` (see :func:`rotate_case`). Linear
-            gives references whose boundaries follow the interpolated image;
-            nearest-neighbour boundaries jitter by up to half a voxel, which
-            lowers the Dice of any prediction on the rotated scans (about a
-            point on the hippocampus, docs/benchmarks.md). mni152 labels always
-            come from linearly resampled tissue maps.
+            ``"nearest"`` (the default) or ``"linear"`` (see :func:`rotate_case`).
+            Linear gives references whose boundaries follow the interpolated
+            image. Nearest-neighbour boundaries jitter by up to half a voxel,
+            which lowers the Dice of any prediction on the rotated scans (about
+            a point on the hippocampus, docs/benchmarks.md). mni152 labels
+            always come from linearly resampled tissue maps, so only ``None``
+            or ``"linear"`` is accepted there.
 
     Returns:
         ``out_dir`` as a Path.
@@ -402,9 +428,13 @@ def make_example_dataset(
     test_option = parse_rotation_option(rotate_test, allow_angles=True)
     if not (np.isfinite(spacing) and 0.5 <= float(spacing) <= 10.0):
         raise InputError(f"spacing must lie between 0.5 and 10 mm, got {spacing!r}.")
-    if label_interpolation not in LABEL_INTERPOLATIONS:
+    if label_interpolation is not None and label_interpolation not in LABEL_INTERPOLATIONS:
         raise InputError(f"label_interpolation must be one of {', '.join(LABEL_INTERPOLATIONS)}, "
                          f"got {label_interpolation!r}.")
+    if dataset == "mni152" and label_interpolation == "nearest":
+        raise InputError("mni152 labels come from linearly resampled tissue maps; label_interpolation "
+                         "'nearest' applies to the hippocampus cases only. Leave it unset for mni152.")
+    label_interpolation = label_interpolation or {"hippocampus": "nearest", "mni152": "linear"}[dataset]
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
 
@@ -437,7 +467,33 @@ def make_example_dataset(
     test_ids = sorted(case_ids[index] for index in order[:num_test])
     train_ids = sorted(case_ids[index] for index in order[num_test:])
 
-    _prepare_out_dir(out_dir, overwrite)
+    # Everything is written to a hidden folder beside out_dir and moved there when complete,
+    # so an error or Ctrl-C leaves no half-written dataset.
+    _check_out_dir(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir()
+    try:
+        num_test_written = _write_cases(staging, train_ids, test_ids, load, train_option, test_option, rng,
+                                        metadata, licence_text,
+                                        {"dataset": dataset, "seed": seed, "rotate_train": rotate_train,
+                                         "rotate_test": rotate_test, "test_fraction": float(test_fraction),
+                                         "label_interpolation": label_interpolation})
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Wrote %s example dataset to %s: %d training and %d test cases",
+                dataset, out_dir, len(train_ids), num_test_written)
+    return out_dir
+
+
+def _write_cases(out_dir: Path, train_ids: list[str], test_ids: list[str], load, train_option: str,
+                 test_option: str | list[float], rng: np.random.Generator, metadata: dict, licence_text: str,
+                 settings: dict) -> int:
+    """Write the cases, dataset.json and LICENSE.md into ``out_dir``; return the number of test cases."""
+    for name in _DATASET_FOLDERS:
+        (out_dir / name).mkdir()
 
     # Training cases.
     for case_id in train_ids:
@@ -464,17 +520,13 @@ def make_example_dataset(
         "numTraining": len(train_ids),
         "file_ending": ".nii.gz",
         "numTest": num_test_written,
-        "gmrseg_example": {"dataset": dataset, "seed": seed, "rotate_train": rotate_train,
-                           "rotate_test": rotate_test, "test_fraction": float(test_fraction),
-                           "label_interpolation": label_interpolation},
+        "gmrseg_example": settings,
     })
     if test_rotations:
         description["test_rotations"] = test_rotations
     save_text_atomic(out_dir / "LICENSE.md", licence_text)
     save_json_atomic(out_dir / "dataset.json", description)
-    logger.info("Wrote %s example dataset to %s: %d training and %d test cases",
-                dataset, out_dir, len(train_ids), num_test_written)
-    return out_dir
+    return num_test_written
 
 
 def _rotate_loaded(loaded: tuple[np.ndarray, np.ndarray, np.ndarray], rotation: np.ndarray,
