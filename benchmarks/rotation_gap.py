@@ -111,16 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
 
+    if not (args.run / "splits.json").is_file():
+        parser.error(f"{args.run} holds no trained run (no splits.json); give the folder of gmrseg train -o.")
+
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = measure(args.run, args.dataset_dir, args.fold, args.seed)
+    dice = measure(args.run, args.dataset_dir, args.fold, args.seed)
+    cases = len(json.loads((args.run / "splits.json").read_text())[args.fold]["val"])
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "fold": args.fold, "seed": args.seed,
+              "cases": cases, "dice": dice}
     (args.run / "rotation_gap.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print("| setting | mean foreground Dice |")
+    print(f"| setting ({cases} cases) | mean foreground Dice |")
     print("|---|---|")
-    for setting, value in result.items():
+    for setting, value in dice.items():
         print(f"| {setting} | {value:.3f} |")
     return 0
 

@@ -127,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from gmrseg.training.run import train
 
+    if args.skip_train and not (args.out / "splits.json").is_file():
+        parser.error(f"{args.out} holds no trained run (no splits.json); drop --skip-train to train it first.")
+
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": str(args.config),
+        # With --skip-train the run's own resolved config describes what was trained.
+        "config": str(args.out / "config.yaml") if args.skip_train else str(args.config),
         "fold": args.fold,
         "hardware": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                      "processor": platform.processor() or platform.machine(),
