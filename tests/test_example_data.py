@@ -206,7 +206,7 @@ def test_overwrite_replaces_dataset(tmp_path):
     ({"rotate_train": "15"}, "'none' or 'random'"),
     ({"rotate_test": "fifteen"}, "comma-separated angles"),
     ({"rotate_test": "15,,30"}, "comma-separated angles"),
-    ({"rotate_test": "15,30,15.0"}, "angle 15 more than once"),
+    ({"rotate_test": "15,30,15.0"}, "angle 15 appears more than once"),
     ({"label_interpolation": "cubic"}, "label_interpolation must be one of nearest, linear"),
     ({"dataset": "mni152", "label_interpolation": "nearest"}, "hippocampus cases only"),
 ])

@@ -8,7 +8,7 @@ random rotations and training seed) and averages them here.
 
 The averaged results keep the layout of a single run (see
 :mod:`gmrseg.benchmarking.rotation_report`), so the same tables, goal check and
-plot apply to them; each averaged score also holds its run count and its
+plot apply to them. Each averaged score also contains its run count and its
 standard deviation over the runs. A ``"repeats"`` entry adds, per model and seed, the
 upright and random-rotation Dice and the drop between them::
 

@@ -39,7 +39,14 @@ from scipy.spatial.transform import Rotation
 from gmrseg.errors import InputError
 from gmrseg.utils.files import atomic_write_path, save_json_atomic, save_text_atomic
 
-__all__ = ["EXAMPLE_DATASETS", "LABEL_INTERPOLATIONS", "make_example_dataset", "parse_rotation_option", "rotate_case", "shipped_hippocampus_dir"]
+__all__ = [
+    "EXAMPLE_DATASETS",
+    "LABEL_INTERPOLATIONS",
+    "make_example_dataset",
+    "parse_rotation_option",
+    "rotate_case",
+    "shipped_hippocampus_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +107,8 @@ def parse_rotation_option(value: str, *, allow_angles: bool) -> str | list[float
     repeated = sorted({angle for index, angle in enumerate(angles) if angle in angles[:index]})
     if repeated:
         # Each angle names its output files (CASE_rotx015 ...), so a repeat would write over them.
-        raise InputError(f"rotate_test lists the angle {repeated[0]:g} more than once in {value!r}; "
-                         "give each angle once.")
+        raise InputError(f"Invalid rotate_test {value!r}: the angle {repeated[0]:g} appears more than once. "
+                         "Give each angle once.")
     return angles
 
 
@@ -176,8 +183,9 @@ def rotate_case(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
         label_interpolation: ``"nearest"`` takes each output voxel's label from
             the nearest input voxel, so boundaries jitter by up to half a voxel
             against the interpolated image. ``"linear"`` interpolates the
-            indicator of every label and keeps the largest (as nnU-Net resamples
-            segmentations), which gives smooth boundaries that follow the image.
+            indicator of every label on its own, as nnU-Net does when it resizes
+            segmentations, and keeps the largest. Its boundaries are smooth and
+            follow the image.
 
     Returns:
         ``(image, label, affine)`` on the new grid (image float32, label in
