@@ -113,7 +113,7 @@ def test_zscore_nonzero_keeps_zeros():
 @pytest.mark.parametrize("crop", [True, False])
 @pytest.mark.parametrize("entry", [{"scheme": "zscore_nonzero"}, {"scheme": "zscore"},
                                    {"scheme": "ct", "lower": -100.0, "upper": 200.0, "mean": 50.0, "std": 10.0}])
-def test_preprocessing_leaves_the_input_unchanged(entry, crop):
+def test_preprocessing_keeps_input_unchanged(entry, crop):
     # Orientation, crop and float32 input can all hand views of the caller's array down to
     # the normalization; none may write into it.
     rng = np.random.default_rng(2)

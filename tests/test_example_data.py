@@ -104,7 +104,7 @@ def _dice(first: np.ndarray, second: np.ndarray) -> float:
     return 2.0 * np.logical_and(first, second).sum() / (first.sum() + second.sum())
 
 
-def test_linear_label_interpolation_follows_the_shape():
+def test_linear_labels_follow_shape():
     # Rotating a ball about its own centre maps it onto itself. Linear label interpolation
     # keeps it that way; nearest neighbour makes its edge jitter. A second label (3) and the
     # background must keep their values, and outside the input stays background.
@@ -133,7 +133,7 @@ def test_linear_label_interpolation_follows_the_shape():
     assert linear[0, 0, 0] == 0
 
 
-def test_linear_label_interpolation_exact_on_quarter_turns():
+def test_linear_labels_exact_quarter_turns():
     label = _two_balls()
     rotation = Rotation.from_euler("z", 90, degrees=True).as_matrix()
     _, nearest, _ = rotate_case(label.astype(np.float32), label, np.eye(4), rotation)
@@ -143,7 +143,7 @@ def test_linear_label_interpolation_exact_on_quarter_turns():
         rotate_case(label.astype(np.float32), label, np.eye(4), rotation, label_interpolation="cubic")
 
 
-def test_example_data_command_moves_labels_linearly(tmp_path):
+def test_cli_linear_label_interpolation(tmp_path):
     from gmrseg.cli import main
 
     common = ["--cases", "2", "--test-fraction", "0.5", "--rotate-test", "30", "--seed", "4"]
