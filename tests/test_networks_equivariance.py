@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gmrseg.networks import GMRUNet
+from gmrseg.networks.gmr_unet import GradientMagnitude
 
 # float64 convolutions on the CPU take torch's slow unfold path (about 15x the
 # float32 time), so the float64 checks use the narrowest network with three levels.
@@ -88,6 +89,18 @@ def test_gmrunet_equivariant_float32():
     x = torch.randn(1, 2, 32, 32, 32)
 
     assert max_relative_error(heads_of(model), x, 3) < 1e-4
+
+
+def test_gmrunet_equivariant_with_gradient_magnitude():
+    torch.manual_seed(4)
+    model = GMRUNet(in_channels=2, residual=True, gradient_magnitude=True, deep_supervision=True, **TINY)
+    for layer in model.modules():
+        if isinstance(layer, GradientMagnitude):
+            torch.nn.init.normal_(layer.mix.weight)  # zero at initialisation, which would test nothing
+    model = model.double().eval()
+    x = torch.randn(1, 2, 32, 32, 32, dtype=torch.float64)
+
+    assert max_relative_error(heads_of(model), x, 3) < 1e-8
 
 
 def test_gmrunet_equivariant_avg_pool_nearest():

@@ -6,6 +6,7 @@ import torch
 from gmrseg.errors import InputError
 from gmrseg.layers import GMRConv2d, GMRConv3d
 from gmrseg.networks import GMRUNet
+from gmrseg.networks.gmr_unet import GradientMagnitude
 
 TINY = {"features": (2, 4, 8), "kernel_sizes": (5, 3, 3)}
 
@@ -232,3 +233,54 @@ def test_state_dict_round_trip():
     target.load_state_dict(source.state_dict())
 
     torch.testing.assert_close(target(x), source(x))
+
+
+def _ramp(gradient, size=9):
+    """A linear field ``gradient . (z, y, x)`` in voxels, shape ``(1, 1, size, size, size)``."""
+    axes = torch.meshgrid(*(torch.arange(size, dtype=torch.float64),) * 3, indexing="ij")
+    return sum(component * axis for component, axis in zip(gradient, axes)).view(1, 1, size, size, size)
+
+
+def test_gradient_magnitude_ramp_slope_any_direction():
+    layer = GradientMagnitude(3, 1).double()
+    # Three directions, one of them oblique to every axis, all with slope 1.3 per voxel.
+    for gradient in [(1.3, 0.0, 0.0), (0.0, -1.3, 0.0), (0.3, -0.4, 1.2)]:
+        magnitude = layer.magnitude(_ramp(gradient))
+
+        interior = magnitude[0, 0, 1:-1, 1:-1, 1:-1]
+        torch.testing.assert_close(interior, torch.full_like(interior, (1.3**2 + 1e-4) ** 0.5))
+
+
+def test_gradient_magnitude_border_and_short_axes():
+    layer = GradientMagnitude(3, 1).double()
+
+    magnitude = layer.magnitude(_ramp((0.0, 0.0, 2.0)))
+    assert magnitude[0, 0, 4, 4, 0].item() == pytest.approx(1e-2)  # first plane along x: no difference
+    assert magnitude[0, 0, 0, 4, 4].item() == pytest.approx(2.0, abs=1e-4)  # border along z, interior along x
+
+    short = layer.magnitude(_ramp((1.0, 1.0, 1.0))[:, :, :2, :1, :])
+    assert short.shape == (1, 1, 2, 1, 9)
+    assert short[0, 0, 0, 0, 4].item() == pytest.approx(1.0, abs=1e-4)  # only x is 3 voxels or longer
+
+
+def test_gradient_magnitude_starts_as_plain_network():
+    torch.manual_seed(0)
+    plain = GMRUNet(residual=True, **TINY).eval()
+    with_gradient = GMRUNet(residual=True, gradient_magnitude=True, **TINY).eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+
+    missing, unexpected = with_gradient.load_state_dict(plain.state_dict(), strict=False)
+
+    assert not unexpected
+    assert missing and all(name.endswith("gradient.mix.weight") for name in missing)
+    torch.testing.assert_close(with_gradient(x), plain(x))
+
+
+def test_gradient_magnitude_every_block_kind():
+    for kwargs in [{"spatial_dims": 2}, {"conv": "dense"}, {"residual": True}]:
+        model = GMRUNet(gradient_magnitude=True, **TINY, **kwargs)
+        layers = [module for module in model.modules() if isinstance(module, GradientMagnitude)]
+        size = (8, 8) if kwargs.get("spatial_dims") == 2 else (8, 8, 8)
+
+        assert len(layers) == 5  # one per block: three encoder levels, two decoder levels
+        assert model(torch.randn(1, 1, *size)).shape == (1, 2, *size)

@@ -19,6 +19,10 @@ square in 2D):
   at the coarse level. This equals a transposed convolution whose kernel is
   constant over each 2x2x2 cell. A GMR convolution block follows it.
 
+Optionally (``gradient_magnitude=True``) every block also adds a learned mix of
+its features' gradient magnitudes, an edge strength that ring kernels cannot
+compute and that every grid symmetry leaves unchanged.
+
 Equivariance holds when each spatial size of the input is a multiple of
 ``size_divisor``. Other sizes are padded (or rejected) as ``input_padding`` says.
 """
@@ -37,7 +41,7 @@ from torch import nn
 from gmrseg.errors import InputError
 from gmrseg.layers import GMRConv2d, GMRConv3d
 
-__all__ = ["GMRUNet", "make_conv", "CONV_TYPES", "POOLING_TYPES", "UPSAMPLE_MODES", "INPUT_PADDING_MODES"]
+__all__ = ["GMRUNet", "GradientMagnitude", "make_conv", "CONV_TYPES", "POOLING_TYPES", "UPSAMPLE_MODES", "INPUT_PADDING_MODES"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ INPUT_PADDING_MODES = ("symmetric", "error")
 _DEFAULT_KERNEL_SIZES = (9, 7, 5, 5, 3)
 _DEFAULT_NORM = ("instance", {"affine": True})
 _DEFAULT_ACT = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
+_GRADIENT_EPS = 1e-4
 
 
 def make_conv(
@@ -117,14 +122,63 @@ class _ConvNormAct(nn.Sequential):
         )
 
 
+class GradientMagnitude(nn.Module):
+    """Add a learned mix of each channel's gradient magnitude to the features: ``x + W |grad x|``.
+
+    ``|grad x|`` is the Euclidean norm of the central differences
+    ``(x[i + 1] - x[i - 1]) / 2`` along every spatial axis, in feature units per
+    voxel. The difference along an axis is 0 on the axis's first and last plane,
+    and everywhere when the axis is shorter than 3 voxels. ``W`` is a bias-free 1x1 convolution, initialised to
+    zero so that a new block starts out as one without this layer.
+
+    Ring kernels are radially symmetric, so a stack of them and pointwise
+    activations has no direct way to measure how steeply a feature changes
+    regardless of direction. The magnitude supplies that edge strength. It is
+    unchanged by the grid's flips and axis permutations, which only permute the
+    differences and change their signs, so the layer keeps the network's 48
+    symmetries exactly; for other rotations it is the magnitude of a rotated
+    gradient up to the central differences' error.
+
+    Args:
+        spatial_dims: 3 for volumes, 2 for slices.
+        channels: feature channels in and out.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.mix = make_conv(spatial_dims, "dense", channels, channels, 1, bias=False)
+        nn.init.zeros_(self.mix.weight)
+
+    def magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``|grad x|`` with the shape of ``x``."""
+        squared = None
+        for axis in range(2, 2 + self.spatial_dims):
+            size = x.shape[axis]
+            if size < 3:
+                continue
+            difference = torch.zeros_like(x)
+            difference.narrow(axis, 1, size - 2).copy_(x.narrow(axis, 2, size - 2) - x.narrow(axis, 0, size - 2))
+            squared = difference * difference if squared is None else squared + difference * difference
+        if squared is None:
+            squared = torch.zeros_like(x)
+
+        # The 1e-4 keeps the square root's gradient finite where the features are flat.
+        return torch.sqrt(squared * 0.25 + _GRADIENT_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(self.magnitude(x))
+
+
 class _PlainBlock(nn.Sequential):
     """Two convolution-norm-activation layers with the same kernel size."""
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, options: dict) -> None:
-        super().__init__(
-            _ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size, options),
-            _ConvNormAct(spatial_dims, out_channels, out_channels, kernel_size, options),
-        )
+        layers = [_ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size, options)]
+        if options["gradient_magnitude"]:
+            layers.append(GradientMagnitude(spatial_dims, out_channels))
+        layers.append(_ConvNormAct(spatial_dims, out_channels, out_channels, kernel_size, options))
+        super().__init__(*layers)
 
 
 class _ResidualBlock(nn.Module):
@@ -137,6 +191,7 @@ class _ResidualBlock(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, options: dict) -> None:
         super().__init__()
         self.conv1 = _ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size, options)
+        self.gradient = GradientMagnitude(spatial_dims, out_channels) if options["gradient_magnitude"] else nn.Identity()
         self.conv2 = _conv_from_options(spatial_dims, out_channels, out_channels, kernel_size, options)
         self.norm2 = _norm_or_identity(options["norm"], spatial_dims, out_channels)
         self.skip: nn.Module = nn.Identity()
@@ -148,7 +203,7 @@ class _ResidualBlock(nn.Module):
         self.act = get_act_layer(options["act"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.norm2(self.conv2(self.conv1(x)))
+        out = self.norm2(self.conv2(self.gradient(self.conv1(x))))
         return self.act(out + self.skip(x))
 
 
@@ -226,6 +281,11 @@ class GMRUNet(nn.Module):
             ``"error"`` raises ``InputError`` instead.
         gmr_kwargs: extra keyword arguments for every GMR layer (``num_rings``,
             ``ring_profile``, ``strategy``). Only valid with ``conv="gmr"``.
+        gradient_magnitude: insert a ``GradientMagnitude`` layer between the two
+            convolutions of every block, which gives each block how steeply its
+            features change. It keeps the grid symmetries exactly and adds
+            ``features[i] ** 2`` parameters per block; on a CPU it made a training
+            step of the quick preset about a fifth slower.
 
     Attributes:
         size_divisor: ``2 ** (len(features) - 1)``; inputs whose spatial sizes are
@@ -255,6 +315,7 @@ class GMRUNet(nn.Module):
         padding_mode: str = "zeros",
         input_padding: str = "symmetric",
         gmr_kwargs: dict | None = None,
+        gradient_magnitude: bool = False,
     ) -> None:
         super().__init__()
         features, kernel_sizes = _validate_levels(features, kernel_sizes)
@@ -299,6 +360,7 @@ class GMRUNet(nn.Module):
             "bias": norm is None,  # a bias before an affine normalization only shifts the mean it removes
             "padding_mode": padding_mode,
             "gmr_kwargs": dict(gmr_kwargs or {}),
+            "gradient_magnitude": bool(gradient_magnitude),
         }
         block_type = _ResidualBlock if residual else _PlainBlock
 
