@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -272,6 +273,36 @@ def test_time_limit_replans_when_epochs_slow_down(tmp_path, monkeypatch):
     assert trainer.total_steps == 6
     assert "training 4 of 10 epochs" in log
     assert "lowered to 3 epochs from 4" in log
+
+
+def test_time_limit_slow_first_epoch(tmp_path, monkeypatch):
+    # A fake clock: the first epoch takes 8 s (start-up, or another job on the machine),
+    # later ones 4 s, each validation 1 s.
+    clock = [0.0]
+    original_train, original_validate = Trainer.train_epoch, Trainer.validate
+
+    def train_epoch(self):
+        clock[0] += 8.0 if self.epoch == 0 else 4.0
+        return original_train(self)
+
+    def validate(self):
+        clock[0] += 1.0
+        return original_validate(self)
+
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    config = make_config(epochs=20, time_limit_minutes=1.0)
+    config.validation.interval = 5
+
+    summary = make_trainer(tmp_path, config).fit()
+
+    # After epoch 1: 60 s - 9 s - 1 s for the last validation leaves 50 s, six epochs of 8.2 s.
+    # After epoch 2, timed without the first: 60 - 13 - 1 leaves 46 s, ten epochs of 4.2 s.
+    log = (tmp_path / "train.log").read_text()
+    assert "training 7 of 20 epochs" in log
+    assert "raised to 12 epochs from 7" in log
+    assert summary["epochs"] == 12
 
 
 def test_time_limit_must_be_positive():

@@ -448,8 +448,8 @@ class Trainer:
     def _plan_epochs(self, elapsed: float, train_seconds: float, validation_seconds: float) -> None:
         """Set ``self.epochs`` so that the run ends within ``training.time_limit_minutes``.
 
-        Called after the first epoch and again after each validation, with the timings so
-        far. A later call lowers the count when epochs turn out slower than the first.
+        Called after the first and the second epoch and again after each validation, with
+        the timings so far (the first epoch's training time only until others exist). A later call lowers the count when epochs turn out slower than the first.
         In the first half of the planned epochs it may also raise the count again, up to
         ``training.epochs``, when they turn out faster than the first one, by at least 2
         epochs and 5%. Later the count only goes down, so the learning rate never jumps
@@ -457,7 +457,8 @@ class Trainer:
 
         Args:
             elapsed: seconds since this run's loop started.
-            train_seconds: mean seconds of one epoch's training iterations.
+            train_seconds: mean seconds of one epoch's training iterations, the first epoch
+                left out once later ones are timed.
             validation_seconds: mean seconds of one validation (0 without validation cases).
 
         Each further epoch is budgeted at ``train_seconds`` plus its share of a validation
@@ -517,10 +518,12 @@ class Trainer:
                 validation_start = time.perf_counter()
                 row.update(self.validate())
                 validation_times.append(time.perf_counter() - validation_start)
-            if replan and (first_plan or validated) and not is_last:
+            # Plan after the first epoch, again after the second (the first pays one-off start-up
+            # costs and may have shared the machine with a passing job), and after each validation.
+            if replan and (first_plan or validated or len(train_times) == 2) and not is_last:
+                timed = train_times[1:] or train_times
                 mean_validation = sum(validation_times) / len(validation_times) if validation_times else 0.0
-                self._plan_epochs(time.perf_counter() - loop_start, sum(train_times) / len(train_times),
-                                  mean_validation)
+                self._plan_epochs(time.perf_counter() - loop_start, sum(timed) / len(timed), mean_validation)
                 is_last = self.epoch == self.epochs
             row["seconds"] = time.perf_counter() - start
             self._record(row, epoch_logger)
