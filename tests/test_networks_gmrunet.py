@@ -158,6 +158,7 @@ def test_wrong_dimension_is_rejected():
         ({"features": (4, 8), "encoder_blocks": (1, 2, 2)}, r"one int >= 1, or one per level.*got \(1, 2, 2\)"),
         ({"features": (4, 8), "encoder_blocks": 0}, r"got 0$"),
         ({"encoder_blocks": "2"}, "int or a sequence"),
+        ({"gradient_magnitude": "false"}, "gradient_magnitude must be true or false, got 'false'"),
     ],
 )
 def test_invalid_arguments(arguments, message):

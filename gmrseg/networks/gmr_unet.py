@@ -323,6 +323,8 @@ class GMRUNet(nn.Module):
         _validate_choices(spatial_dims, in_channels, out_channels, conv, pooling, upsample, input_padding)
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise InputError(f"GMRUNet: dropout must be a probability in [0, 1), got {dropout!r}")
+        if not isinstance(gradient_magnitude, bool):
+            raise InputError(f"GMRUNet: gradient_magnitude must be true or false, got {gradient_magnitude!r}")
         if gmr_kwargs and conv != "gmr":
             raise InputError(f"GMRUNet: gmr_kwargs {sorted(gmr_kwargs)} only apply to conv='gmr', got conv={conv!r}")
         num_levels = len(features)
