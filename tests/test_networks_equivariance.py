@@ -5,8 +5,7 @@ import itertools
 import pytest
 import torch
 
-from gmrseg.networks import GMRUNet
-from gmrseg.networks.gmr_unet import GradientMagnitude
+from gmrseg.networks import GMRUNet, GradientMagnitude
 
 # float64 convolutions on the CPU take torch's slow unfold path (about 15x the
 # float32 time), so the float64 checks use the narrowest network with three levels.

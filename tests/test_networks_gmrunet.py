@@ -5,8 +5,7 @@ import torch
 
 from gmrseg.errors import InputError
 from gmrseg.layers import GMRConv2d, GMRConv3d
-from gmrseg.networks import GMRUNet
-from gmrseg.networks.gmr_unet import GradientMagnitude
+from gmrseg.networks import GMRUNet, GradientMagnitude
 
 TINY = {"features": (2, 4, 8), "kernel_sizes": (5, 3, 3)}
 
@@ -158,7 +157,7 @@ def test_wrong_dimension_is_rejected():
         ({"features": (4, 8), "encoder_blocks": (1, 2, 2)}, r"one int >= 1, or one per level.*got \(1, 2, 2\)"),
         ({"features": (4, 8), "encoder_blocks": 0}, r"got 0$"),
         ({"encoder_blocks": "2"}, "int or a sequence"),
-        ({"gradient_magnitude": "false"}, "gradient_magnitude must be true or false, got 'false'"),
+        ({"gradient_magnitude": "false"}, r"gradient_magnitude must be a bool \(true or false in a YAML config\), got 'false'"),
     ],
 )
 def test_invalid_arguments(arguments, message):

@@ -128,7 +128,9 @@ class GradientMagnitude(nn.Module):
     ``|grad x|`` is the Euclidean norm of the central differences
     ``(x[i + 1] - x[i - 1]) / 2`` along every spatial axis, in feature units per
     voxel. The difference along an axis is 0 on the axis's first and last plane,
-    and everywhere when the axis is shorter than 3 voxels. ``W`` is a bias-free 1x1 convolution, initialised to
+    and everywhere when the axis is shorter than 3 voxels. The layer returns
+    ``sqrt(|grad x|^2 + 1e-4)``, so flat features give 0.01 instead of 0 and the
+    square root keeps a finite gradient. ``W`` is a bias-free 1x1 convolution, initialised to
     zero so that a new block starts out as one without this layer.
 
     Ring kernels are radially symmetric, so a stack of them and pointwise
@@ -136,8 +138,8 @@ class GradientMagnitude(nn.Module):
     regardless of direction. The magnitude supplies that edge strength. It is
     unchanged by the grid's flips and axis permutations, which only permute the
     differences and change their signs, so the layer keeps the network's 48
-    symmetries exactly; for other rotations it is the magnitude of a rotated
-    gradient up to the central differences' error.
+    symmetries exactly. Under other rotations the magnitude stays the same up to
+    the error of central differences.
 
     Args:
         spatial_dims: 3 for volumes, 2 for slices.
@@ -151,7 +153,7 @@ class GradientMagnitude(nn.Module):
         nn.init.zeros_(self.mix.weight)
 
     def magnitude(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``|grad x|`` with the shape of ``x``."""
+        """Return ``sqrt(|grad x|^2 + 1e-4)`` with the shape of ``x`` (``(B, C, *spatial)``)."""
         squared = None
         for axis in range(2, 2 + self.spatial_dims):
             size = x.shape[axis]
@@ -163,7 +165,6 @@ class GradientMagnitude(nn.Module):
         if squared is None:
             squared = torch.zeros_like(x)
 
-        # The 1e-4 keeps the square root's gradient finite where the features are flat.
         return torch.sqrt(squared * 0.25 + _GRADIENT_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +278,9 @@ class GMRUNet(nn.Module):
             to the next multiple, ``pad // 2`` voxels before and the rest after,
             and crops the logits back to the input size. When the padding along an
             axis is odd, a flip of that axis moves the extra voxel to the other
-            side, so equivariance to that flip is approximate only.
+            side. The pooling cells then fall one voxel apart, so equivariance to that
+            flip is lost, not merely approximate (a relative error of 0.3 to 1.0 on
+            untrained networks). Pad to a multiple yourself when the symmetry matters.
             ``"error"`` raises ``InputError`` instead.
         gmr_kwargs: extra keyword arguments for every GMR layer (``num_rings``,
             ``ring_profile``, ``strategy``). Only valid with ``conv="gmr"``.
@@ -324,7 +327,8 @@ class GMRUNet(nn.Module):
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise InputError(f"GMRUNet: dropout must be a probability in [0, 1), got {dropout!r}")
         if not isinstance(gradient_magnitude, bool):
-            raise InputError(f"GMRUNet: gradient_magnitude must be true or false, got {gradient_magnitude!r}")
+            raise InputError(f"GMRUNet: gradient_magnitude must be a bool (true or false in a YAML config), "
+                             f"got {gradient_magnitude!r}")
         if gmr_kwargs and conv != "gmr":
             raise InputError(f"GMRUNet: gmr_kwargs {sorted(gmr_kwargs)} only apply to conv='gmr', got conv={conv!r}")
         num_levels = len(features)
