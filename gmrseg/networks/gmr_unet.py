@@ -41,7 +41,15 @@ from torch import nn
 from gmrseg.errors import InputError
 from gmrseg.layers import GMRConv2d, GMRConv3d
 
-__all__ = ["GMRUNet", "GradientMagnitude", "make_conv", "CONV_TYPES", "POOLING_TYPES", "UPSAMPLE_MODES", "INPUT_PADDING_MODES"]
+__all__ = [
+    "GMRUNet",
+    "GradientMagnitude",
+    "make_conv",
+    "CONV_TYPES",
+    "POOLING_TYPES",
+    "UPSAMPLE_MODES",
+    "INPUT_PADDING_MODES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +138,8 @@ class GradientMagnitude(nn.Module):
     voxel. The difference along an axis is 0 on the axis's first and last plane,
     and everywhere when the axis is shorter than 3 voxels. The layer returns
     ``sqrt(|grad x|^2 + 1e-4)``, so flat features give 0.01 instead of 0 and the
-    square root keeps a finite gradient. ``W`` is a bias-free 1x1 convolution, initialised to
-    zero so that a new block starts out as one without this layer.
+    square root keeps a finite gradient. ``W`` is a bias-free 1x1 convolution,
+    initialised to zero so that a new block starts out as one without this layer.
 
     Ring kernels are radially symmetric, so a stack of them and pointwise
     activations has no direct way to measure how steeply a feature changes
@@ -285,8 +293,8 @@ class GMRUNet(nn.Module):
         gmr_kwargs: extra keyword arguments for every GMR layer (``num_rings``,
             ``ring_profile``, ``strategy``). Only valid with ``conv="gmr"``.
         gradient_magnitude: insert a ``GradientMagnitude`` layer between the two
-            convolutions of every block, which gives each block how steeply its
-            features change. It keeps the grid symmetries exactly and adds
+            convolutions of every block, so that each block also receives how
+            steeply its features change. It keeps the grid symmetries exactly and adds
             ``features[i] ** 2`` parameters per block; on a CPU it made a training
             step of the quick preset about a fifth slower.
 
