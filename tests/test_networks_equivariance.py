@@ -90,12 +90,12 @@ def test_gmrunet_equivariant_float32():
     assert max_relative_error(heads_of(model), x, 3) < 1e-4
 
 
-def test_gmrunet_equivariant_with_gradient_magnitude():
+def test_gmrunet_equivariant_gradient_magnitude():
     torch.manual_seed(4)
     model = GMRUNet(in_channels=2, residual=True, gradient_magnitude=True, deep_supervision=True, **TINY)
     for layer in model.modules():
         if isinstance(layer, GradientMagnitude):
-            torch.nn.init.normal_(layer.mix.weight)  # zero at initialisation, which would test nothing
+            torch.nn.init.normal_(layer.mix.weight)  # the mix starts at zero, which would hide the layer
     model = model.double().eval()
     x = torch.randn(1, 2, 32, 32, 32, dtype=torch.float64)
 

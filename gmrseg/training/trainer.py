@@ -518,8 +518,8 @@ class Trainer:
                 validation_start = time.perf_counter()
                 row.update(self.validate())
                 validation_times.append(time.perf_counter() - validation_start)
-            # Plan after the first epoch, again after the second (the first pays one-off start-up
-            # costs and may have shared the machine with a passing job), and after each validation.
+            # Plan after the first epoch, the second and each validation. The first epoch pays
+            # start-up costs, so the second plan times the epochs without it.
             if replan and (first_plan or validated or len(train_times) == 2) and not is_last:
                 timed = train_times[1:] or train_times
                 mean_validation = sum(validation_times) / len(validation_times) if validation_times else 0.0
